@@ -1,0 +1,197 @@
+"""The only module that knows the checkpoint format on disk.
+
+    <dir>/model.safetensors   weights; metadata {"format": "charlm", "format_version": "1"}
+    <dir>/vocab.json          the vocabulary (charlm.vocab)
+    <dir>/config.json         {"format_version": 1, "config": {...}, "metrics": {...},
+                               "corpus": {...}, "versions": {...}}   — written last
+    <dir>/resume/             optimizer, RNG and data position for `charlm train --resume`
+
+Nothing is unpickled: weights are safetensors, everything else JSON. Each file is written under
+a temporary name and moved into place with os.replace, config.json last, so its presence marks
+a complete checkpoint and a crash mid-save leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from charlm import __version__
+from charlm.config import Config
+from charlm.errors import CharLMError
+from charlm.model import CharLM
+from charlm.vocab import Vocab
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+VOCAB = "vocab.json"
+CONFIG = "config.json"
+RESUME = "resume"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@dataclass
+class Checkpoint:
+    model: CharLM
+    config: Config
+    vocab: Vocab
+    path: Path
+    metrics: dict = field(default_factory=dict)
+    corpus: dict = field(default_factory=dict)
+    counts: list[int] | None = None  # training-text frequency of each vocabulary entry
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then move tmp_path over path."""
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, data: dict) -> None:
+    def write(tmp: Path) -> None:
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+    _atomic_write(path, write)
+
+
+def versions() -> dict:
+    return {"charlm": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def unwrap(model: torch.nn.Module) -> CharLM:
+    return getattr(model, "_orig_mod", model)
+
+
+def save(path: str | Path, model: CharLM, config: Config, vocab: Vocab, *, metrics: dict | None = None,
+         corpus: dict | None = None, counts: list[int] | None = None) -> Path:
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    model = unwrap(model)
+    meta = {"format": "charlm", "format_version": str(FORMAT_VERSION)}
+    # save_model handles the tied embedding/output weight (save_file refuses shared tensors).
+    _atomic_write(p / WEIGHTS, lambda tmp: save_model(model, str(tmp), metadata=meta))
+    vocab_data = vocab.to_dict()
+    if counts is not None:
+        vocab_data["counts"] = counts
+    _write_json(p / VOCAB, vocab_data)
+    _write_json(p / CONFIG, {
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "metrics": metrics or {},
+        "corpus": corpus or {},
+        "versions": versions(),
+    })
+    return p
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CharLMError(f"checkpoint {str(path.parent)!r} has no {path.name}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CharLMError(f"checkpoint {str(path.parent)!r} has a corrupt {what} ({e})") from None
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
+
+
+def load(path: str | Path) -> Checkpoint:
+    p = Path(path)
+    if not p.exists():
+        raise CharLMError(f"checkpoint {str(p)!r} does not exist")
+    if not p.is_dir():
+        raise CharLMError(f"checkpoint {str(p)!r} is not a directory (a checkpoint is a folder with {CONFIG})")
+    meta = _read_json(p / CONFIG, "config.json")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CharLMError(
+            f"checkpoint {str(p)!r} has format version {version!r}; this charlm reads version {FORMAT_VERSION}"
+        )
+    config = Config.from_dict(meta.get("config", {}))
+    vocab_data = _read_json(p / VOCAB, "vocab.json")
+    vocab = Vocab.from_dict(vocab_data)
+    if config.model.vocab_size != len(vocab):
+        raise CharLMError(f"checkpoint {str(p)!r} is inconsistent: config says {config.model.vocab_size} "
+                          f"characters, vocabulary has {len(vocab)}")
+    model = CharLM(config.model)
+    if not (p / WEIGHTS).is_file():
+        raise CharLMError(f"checkpoint {str(p)!r} has no {WEIGHTS}")
+    try:
+        missing, unexpected = load_model(model, str(p / WEIGHTS), strict=False)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise CharLMError(f"checkpoint {str(p)!r} has corrupt weights ({str(e).splitlines()[0]})") from None
+    if missing or unexpected:
+        raise CharLMError(f"checkpoint {str(p)!r} weights do not match its config "
+                          f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
+    model.eval()
+    return Checkpoint(model, config, vocab, p, meta.get("metrics", {}), meta.get("corpus", {}),
+                      vocab_data.get("counts"))
+
+
+# -- resumable training state ----------------------------------------------------------------
+
+def save_resume(path: str | Path, tensors: dict[str, torch.Tensor], state: dict) -> None:
+    """Optimizer moments, RNG state and carried hidden state (tensors) + counters (JSON)."""
+    r = Path(path) / RESUME
+    r.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_write(r / "state.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    _write_json(r / "state.json", {"format_version": FORMAT_VERSION, **state})
+
+
+def load_resume(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    r = Path(path) / RESUME
+    if not (r / "state.json").is_file():
+        raise CharLMError(f"nothing to resume in {str(path)!r} (no {RESUME}/state.json)")
+    state = _read_json(r / "state.json", "resume state")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CharLMError(f"resume state in {str(path)!r} has an unsupported format version")
+    try:
+        tensors = load_file(str(r / "state.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise CharLMError(f"resume state in {str(path)!r} is corrupt ({e})") from None
+    return tensors, state
+
+
+def find_default(explicit: str | Path | None) -> tuple[Path, str]:
+    """Which checkpoint generate/eval use, and why: --checkpoint, else the newest under
+    ./checkpoints/, else the model shipped with charlm."""
+    if explicit is not None:
+        return Path(explicit), "given with --checkpoint"
+    local = Path("checkpoints")
+    if local.is_dir():
+        found = [d for d in local.iterdir() if d.is_dir() and is_checkpoint(d)]
+        if found:
+            newest = max(found, key=lambda d: (d / CONFIG).stat().st_mtime)
+            return newest, "newest under ./checkpoints/"
+    shipped = shipped_checkpoint()
+    if is_checkpoint(shipped):
+        return shipped, "the model shipped with charlm"
+    raise CharLMError("no checkpoint found: train one with `charlm train CORPUS` or pass --checkpoint DIR")
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def shipped_checkpoint() -> Path:
+    return project_root() / "checkpoints" / "tang-quatrains"

@@ -1,0 +1,255 @@
+"""The command line: parse options, call the library, render with rich.
+
+No training maths, sampling or file formats here; errors from the library (CharLMError) become
+one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from charlm.config import Config, ModelConfig, TrainConfig, parse_duration
+from charlm.errors import CharLMError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="charlm: a character-level recurrent language model for classical Chinese poetry.",
+)
+err = Console(stderr=True, highlight=False)
+_M, _T = ModelConfig(), TrainConfig()
+
+CheckpointOpt = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", help="Checkpoint directory. Default: the newest under ./checkpoints/, else the shipped model.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+EncodingOpt = Annotated[str, typer.Option("--encoding", help="Text encoding of the corpus file, e.g. gbk.")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _load(checkpoint_dir: Optional[Path]):
+    from charlm import checkpoint
+
+    path, why = checkpoint.find_default(checkpoint_dir)
+    ckpt = checkpoint.load(path)
+    err.print(f"[dim]checkpoint: {path} ({why})[/]")
+    return ckpt
+
+
+# -- train -------------------------------------------------------------------------------------
+
+class _Display:
+    """Rich live display for the trainer's callbacks."""
+
+    def __init__(self, progress: Progress, sample_seed: int) -> None:
+        self.progress = progress
+        self.task = progress.add_task("training", total=1000, stats="")
+        self.sample_seed = sample_seed
+        self.valid: list[tuple[int, float]] = []
+
+    def on_start(self, info) -> None:
+        resumed = f", resumed at step {info.resumed_from}" if info.resumed_from else ""
+        self.progress.console.print(
+            f"corpus {info.corpus_chars:,} characters: {info.train_poems:,} training / {info.valid_poems:,} "
+            f"validation lines; vocabulary {info.vocab_size:,}; {info.parameters:,} parameters; "
+            f"{info.precision}; batch {info.batch_size}{resumed}", soft_wrap=True)
+
+    def on_step(self, e) -> None:
+        self.progress.update(
+            self.task, completed=min(1000, int(e.progress * 1000)),
+            stats=f"step {e.step} loss {e.loss:.3f} bpc {e.bpc:.3f} {e.chars_per_sec:,.0f} chars/s lr {e.lr:.2e}",
+        )
+
+    def on_valid(self, e, model, vocab) -> None:
+        import torch
+
+        from charlm.sample import SampleSettings, generate
+
+        self.valid.append((e.step, e.valid_bpc))
+        g = torch.Generator().manual_seed(self.sample_seed)
+        sample = generate(model, vocab, settings=SampleSettings(temperature=0.8, max_chars=64), generator=g)
+        model.train()
+        mark = " [green]best[/]" if e.improved else ""
+        self.progress.console.print(f"step {e.step}: validation bpc [bold]{e.valid_bpc:.3f}[/]{mark}  {sample}",
+                                    soft_wrap=True)
+
+
+@app.command()
+def train(
+    corpus: Annotated[Path, typer.Argument(help="A UTF-8 text file; one poem (or paragraph) per line.")],
+    out: Annotated[Optional[Path], typer.Option(help="Checkpoint directory. Default: checkpoints/<corpus stem>.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.", min=1)] = None,
+    max_time: Annotated[Optional[str], typer.Option(help="Stop after this long: 90s, 10m, 1h.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Stop after this many passes (default 10 when no budget is given).", min=1)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation, data order, dropout and the split.")] = _T.seed,
+    embed: Annotated[int, typer.Option(help="Embedding size.", min=1)] = _M.embed_dim,
+    hidden: Annotated[int, typer.Option(help="LSTM hidden size.", min=1)] = _M.hidden_size,
+    layers: Annotated[int, typer.Option(help="Number of stacked LSTM layers.", min=1)] = _M.num_layers,
+    dropout: Annotated[float, typer.Option(help="Dropout on embeddings, between layers and before the output.")] = _M.dropout,
+    tie: Annotated[bool, typer.Option("--tie/--no-tie", help="Share the embedding matrix with the output layer.")] = _M.tie_weights,
+    seq_len: Annotated[int, typer.Option(help="Characters per training window (truncated BPTT length).", min=2)] = _T.seq_len,
+    batch_size: Annotated[int, typer.Option(help="Parallel rows per batch.", min=1)] = _T.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = _T.lr,
+    weight_decay: Annotated[float, typer.Option(help="Decoupled weight decay on weight matrices.")] = _T.weight_decay,
+    clip: Annotated[float, typer.Option(help="Clip gradients to this global norm (0 = off).")] = _T.clip,
+    warmup: Annotated[int, typer.Option(help="Learning-rate warmup steps.", min=0)] = _T.warmup_steps,
+    valid_fraction: Annotated[float, typer.Option(help="Share of poems held out for validation.")] = _T.valid_fraction,
+    min_count: Annotated[int, typer.Option(help="Characters seen fewer times become <unk>.", min=1)] = _T.min_count,
+    eval_interval: Annotated[int, typer.Option(help="Validate every this many steps.", min=1)] = _T.eval_interval,
+    precision: Annotated[str, typer.Option(help="auto (bf16 where the CPU supports it), bf16 or fp32.")] = _T.precision,
+    encoding: EncodingOpt = _T.encoding,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).", min=1)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted or finished run in --out.")] = False,
+) -> None:
+    """Train a character-level LSTM on CORPUS; the best checkpoint by validation bpc goes to --out."""
+    from charlm.data import read_corpus
+    from charlm.train import train_corpus
+
+    try:
+        config = Config(
+            ModelConfig(embed_dim=embed, hidden_size=hidden, num_layers=layers, dropout=dropout, tie_weights=tie),
+            TrainConfig(
+                seq_len=seq_len, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip=clip,
+                warmup_steps=warmup, max_steps=max_steps, epochs=epochs, seed=seed,
+                max_time=parse_duration(max_time) if max_time else None, valid_fraction=valid_fraction,
+                min_count=min_count, eval_interval=eval_interval, precision=precision, encoding=encoding,
+            ),
+        )
+        if not (max_steps or max_time or epochs):
+            config.train.epochs = 10
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        text = read_corpus(corpus, encoding)
+        out_dir = out or Path("checkpoints") / corpus.stem
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        with Progress(*columns, console=err, transient=False) as progress:
+            display = _Display(progress, seed)
+            result = train_corpus(text, config, out_dir, corpus_path=str(corpus), callbacks=display, resume=resume)
+    except CharLMError as e:
+        _fail(str(e))
+        return
+    table = Table(title="training summary", show_header=False)
+    table.add_row("checkpoint", str(result.out))
+    table.add_row("steps", f"{result.steps:,} ({result.epochs_done:.2f} epochs)")
+    table.add_row("time", f"{result.elapsed:.0f} s")
+    table.add_row("last training bpc", f"{result.last_train_bpc:.3f}")
+    table.add_row("best validation bpc", f"{result.best_valid_bpc:.3f}")
+    err.print(table)
+    if result.interrupted:
+        err.print(f"stopped by {result.interrupted}; continue with: charlm train {corpus} --out {result.out} --resume")
+        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
+
+
+# -- generate ----------------------------------------------------------------------------------
+
+@app.command()
+def generate(
+    checkpoint: CheckpointOpt = None,
+    prompt: Annotated[str, typer.Option(help="Text the poem starts with (traditional characters are accepted).")] = "",
+    n: Annotated[int, typer.Option("-n", help="Number of poems.", min=1)] = 1,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (> 0); lower is safer.")] = 0.8,
+    top_k: Annotated[int, typer.Option(help="Sample among the k likeliest characters (0 = off).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling: smallest set with this probability mass, in (0, 1].")] = 1.0,
+    max_chars: Annotated[int, typer.Option(help="Stop a poem after this many new characters.")] = 200,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible samples.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write poems that continue --prompt; each stops at the end of the poem or --max-chars."""
+    import torch
+
+    from charlm.sample import SampleSettings, generate as sample
+
+    try:
+        settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p, max_chars=max_chars)
+        ckpt = _load(checkpoint)
+    except CharLMError as e:
+        _fail(str(e))
+        return
+    text = ckpt.vocab.normalize(prompt)
+    unknown = ckpt.vocab.unknown(text)
+    if unknown:
+        err.print(f"[yellow]warning:[/] not in this model's vocabulary, read as unknown: {' '.join(unknown)}")
+    g = torch.Generator()
+    g.manual_seed(seed if seed is not None else torch.seed())
+    samples = []
+    stream = not as_json
+    try:
+        for _ in range(n):
+            if stream:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+
+            def emit(ch: str) -> None:
+                sys.stdout.write(ch)
+                sys.stdout.flush()
+
+            samples.append(sample(ckpt.model, ckpt.vocab, text, settings=settings, generator=g,
+                                  on_char=emit if stream else None))
+            if stream:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `charlm generate | head -1`
+        sys.stderr.close()
+        raise typer.Exit(0)
+    if as_json:
+        print(json.dumps({"checkpoint": str(ckpt.path), "samples": samples}, ensure_ascii=False))
+
+
+# -- eval --------------------------------------------------------------------------------------
+
+@app.command("eval")
+def eval_(
+    checkpoint: CheckpointOpt = None,
+    corpus: Annotated[Optional[Path], typer.Option(help="Text to score. Default: the checkpoint's own validation split.")] = None,
+    encoding: EncodingOpt = "utf-8",
+    as_json: JsonOpt = False,
+) -> None:
+    """Report loss, bits per character, perplexity and accuracy on held-out text."""
+    from charlm.data import read_corpus
+    from charlm.evaluate import evaluate, validation_text
+
+    try:
+        ckpt = _load(checkpoint)
+        if corpus is None:
+            text, warnings = validation_text(ckpt)
+            source = f"validation split of {ckpt.corpus.get('path')}"
+        else:
+            text, warnings, source = ckpt.vocab.normalize(read_corpus(corpus, encoding)), [], str(corpus)
+        for w in warnings:
+            err.print(f"[yellow]warning:[/] {w}")
+        result = evaluate(ckpt.model, ckpt.vocab, text, ckpt.counts)
+    except CharLMError as e:
+        _fail(str(e))
+        return
+    if as_json:
+        print(json.dumps({"checkpoint": str(ckpt.path), "corpus": source, **result.to_dict()}, ensure_ascii=False))
+        return
+    table = Table(title=f"{ckpt.path} on {source}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("loss (nats/char)", f"{result.loss:.4f}")
+    table.add_row("bits per character", f"{result.bpc:.4f}")
+    table.add_row("perplexity", f"{result.perplexity:.2f}")
+    table.add_row("top-1 accuracy", f"{result.accuracy:.2%}")
+    table.add_row("characters scored", f"{result.chars:,}")
+    table.add_row("unknown characters", f"{result.unknown_chars:,}")
+    if result.unigram_bpc is not None:
+        table.add_row("unigram baseline bpc", f"{result.unigram_bpc:.4f}")
+    Console().print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,112 @@
+"""Settings as dataclasses: the model, the training run, and the root saved as config.json.
+
+Each default is written once, here; the CLI reads its defaults from these classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from charlm.errors import CharLMError
+
+CELLS = ("lstm",)
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 0  # filled in from the vocabulary
+    embed_dim: int = 256
+    hidden_size: int = 512
+    num_layers: int = 2
+    dropout: float = 0.3
+    tie_weights: bool = True
+    cell: str = "lstm"
+
+    def __post_init__(self) -> None:
+        _check(self.embed_dim >= 1, "--embed must be at least 1")
+        _check(self.hidden_size >= 1, "--hidden must be at least 1")
+        _check(self.num_layers >= 1, "--layers must be at least 1")
+        _check(0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)")
+        _check(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}")
+
+
+@dataclass
+class TrainConfig:
+    seq_len: int = 128
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    clip: float = 1.0
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.05
+    max_steps: int | None = None
+    max_time: float | None = None  # seconds
+    epochs: int | None = None
+    seed: int = 1234
+    valid_fraction: float = 0.05
+    min_count: int = 1
+    eval_interval: int = 200
+    precision: str = "auto"
+    encoding: str = "utf-8"
+
+    def __post_init__(self) -> None:
+        _check(self.seq_len >= 2, "--seq-len must be at least 2")
+        _check(self.batch_size >= 1, "--batch-size must be at least 1")
+        _check(self.lr > 0, "--lr must be positive")
+        _check(self.weight_decay >= 0, "--weight-decay must not be negative")
+        _check(self.clip >= 0, "--clip must not be negative (0 turns clipping off)")
+        _check(self.warmup_steps >= 0, "warmup steps must not be negative")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "the final learning-rate ratio must be in [0, 1]")
+        _check(self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1")
+        _check(self.max_time is None or self.max_time > 0, "--max-time must be positive")
+        _check(self.epochs is None or self.epochs >= 1, "--epochs must be at least 1")
+        _check(0.0 < self.valid_fraction < 0.5, "--valid-fraction must be in (0, 0.5)")
+        _check(self.min_count >= 1, "--min-count must be at least 1")
+        _check(self.eval_interval >= 1, "--eval-interval must be at least 1")
+        _check(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
+
+
+@dataclass
+class Config:
+    """The root object saved as config.json: model and training sections."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        try:
+            return cls(model=_build(ModelConfig, data["model"]), train=_build(TrainConfig, data["train"]))
+        except (KeyError, TypeError) as e:
+            raise CharLMError(f"config is malformed ({e})") from None
+
+
+def _build(cls, data: dict):
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise CharLMError(message)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1h', '1h30m' or a bare number of seconds → seconds."""
+    import re
+
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        seconds = float(t)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", t)
+        if not parts or "".join(n + u for n, u in parts) != t.replace(" ", ""):
+            raise CharLMError(f"cannot read duration {text!r}: use a form like 90s, 10m or 1h")
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if seconds <= 0:
+        raise CharLMError(f"duration {text!r} must be positive")
+    return seconds

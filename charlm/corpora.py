@@ -1,0 +1,149 @@
+"""Build the shipped corpora from the MIT-licensed npm package chinese-poetry 2.0.1.
+
+    npm pack chinese-poetry@2.0.1
+    python -m charlm.corpora chinese-poetry-2.0.1.tgz --out corpora/
+
+Reads ``dist/quantangshi/poet.tang.*.json`` (全唐诗) and ``dist/mengxue/tangshisanbaishou.json``
+(唐诗三百首), keeps the body of each poem, drops editorial notes, converts to simplified
+characters with OpenCC and writes UTF-8 text, one poem per line:
+
+- ``tang.txt``: every Tang poem (identical bodies kept once);
+- ``tang-quatrains.txt``: 五言/七言绝句 — 4 lines of 5 or 7 Han characters, punctuated ，。，。;
+- ``tangshi300.txt``: 唐诗三百首.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import sys
+import tarfile
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+from charlm.vocab import is_han, to_simplified
+
+# Editorial notes: （一作「…」）, (…), 〖1〗 footnote marks. Removed innermost first.
+_NOTE = re.compile(r"[（(][^（()）]*[)）]")
+_FOOTNOTE = re.compile(r"〖[^〖〗]*〗")
+# Characters the source spells with an ideographic description, e.g. {𥫗/戢}: unrepresentable.
+_COMPOSED = re.compile(r"\{[^{}]*\}")
+# Editorial restorations, e.g. [爽]: keep the character, drop the brackets.
+_RESTORED = re.compile(r"\[([^\[\]]*)\]")
+_SPACE = re.compile(r"\s+")
+_CLAUSE_END = "，。？！；、："
+
+
+def clean_body(paragraphs: list[str]) -> str:
+    """The poem's text as one line, notes removed, in the source's script."""
+    text = "".join(paragraphs)
+    prev = None
+    while prev != text:  # notes can nest
+        prev = text
+        text = _NOTE.sub("", text)
+        text = _FOOTNOTE.sub("", text)
+    text = _COMPOSED.sub("□", text)
+    text = _RESTORED.sub(r"\1", text)
+    text = _SPACE.sub("", text)
+    return text
+
+
+def as_quatrain(body: str) -> str | None:
+    """The poem re-punctuated ，。，。 if it is a 五言 or 七言 quatrain, else None."""
+    clauses = [c for c in re.split(f"[{_CLAUSE_END}]", body) if c]
+    if len(clauses) != 4 or len({len(c) for c in clauses}) != 1 or len(clauses[0]) not in (5, 7):
+        return None
+    if not all(is_han(ch) for c in clauses for ch in c):
+        return None
+    # the source must itself end clauses where we cut (no stray punctuation inside a line)
+    if len(body) != 4 * len(clauses[0]) + 4:
+        return None
+    return f"{clauses[0]}，{clauses[1]}。{clauses[2]}，{clauses[3]}。"
+
+
+def _open_source(source: Path) -> Iterator[tuple[str, bytes]]:
+    """(relative path under package/, bytes) for the JSON files we need, from a .tgz or a folder."""
+    wanted = re.compile(r"dist/(quantangshi/poet\.tang\.\d+\.json|mengxue/tangshisanbaishou\.json)$")
+    if source.is_dir():
+        root = source / "package" if (source / "package").is_dir() else source
+        for p in sorted(root.rglob("*.json")):
+            rel = p.relative_to(root).as_posix()
+            if wanted.search(rel):
+                yield rel, p.read_bytes()
+    else:
+        with tarfile.open(source) as tar:
+            for m in sorted(tar.getmembers(), key=lambda m: m.name):
+                rel = m.name.removeprefix("package/")
+                if m.isfile() and wanted.search(rel):
+                    yield rel, tar.extractfile(m).read()
+
+
+def _tang_order(rel: str) -> int:
+    m = re.search(r"poet\.tang\.(\d+)\.json$", rel)
+    return int(m.group(1)) if m else -1
+
+
+def build(source: Path) -> dict[str, list[str]]:
+    """The three corpora as lists of poems (simplified, one line each)."""
+    files = dict(_open_source(source))
+    tang_files = sorted((r for r in files if "quantangshi" in r), key=_tang_order)
+    if not tang_files or not any("tangshisanbaishou" in r for r in files):
+        raise SystemExit(f"{source} does not look like the chinese-poetry 2.0.1 package")
+    tang: list[str] = []
+    seen: set[str] = set()
+    for rel in tang_files:
+        for poem in json.loads(files[rel]):
+            body = clean_body(poem.get("paragraphs") or [])
+            if not body:
+                continue
+            body = to_simplified(body)
+            if body not in seen:
+                seen.add(body)
+                tang.append(body)
+    quatrains: list[str] = []
+    seen_q: set[str] = set()
+    for body in tang:
+        q = as_quatrain(body)
+        if q and q not in seen_q:
+            seen_q.add(q)
+            quatrains.append(q)
+    t300 = json.loads(next(files[r] for r in files if "tangshisanbaishou" in r))
+    tangshi300 = []
+    for section in t300["content"]:
+        for poem in section["content"]:
+            body = clean_body(poem.get("paragraphs") or [])
+            if body:
+                tangshi300.append(to_simplified(body))
+    return {"tang.txt": tang, "tang-quatrains.txt": quatrains, "tangshi300.txt": tangshi300}
+
+
+def stats(poems: list[str]) -> dict[str, int]:
+    text = "".join(poems)
+    return {
+        "poems": len(poems),
+        "characters": len(text),
+        "han_characters": sum(map(is_han, text)),
+        "distinct_characters": len(Counter(text)),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m charlm.corpora", description=__doc__.split("\n")[0])
+    ap.add_argument("source", type=Path, help="chinese-poetry-2.0.1.tgz from `npm pack`, or its unpacked folder")
+    ap.add_argument("--out", type=Path, default=Path("corpora"))
+    args = ap.parse_args(argv)
+    corpora = build(args.source)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, poems in corpora.items():
+        with io.open(args.out / name, "w", encoding="utf-8", newline="\n") as f:
+            f.write("\n".join(poems) + "\n")
+        s = stats(poems)
+        print(f"{name}: {s['poems']} poems, {s['characters']} characters "
+              f"({s['han_characters']} Han), {s['distinct_characters']} distinct", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
