@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from charlm import checkpoint
+from charlm.errors import CharLMError
+from charlm.sample import SampleSettings, filter_logits, generate
+from charlm.vocab import EOS_ID, UNK_ID
+
+
+def test_settings_reject_bad_values():
+    with pytest.raises(CharLMError, match="temperature"):
+        SampleSettings(temperature=0)
+    with pytest.raises(CharLMError, match="top-p"):
+        SampleSettings(top_p=0)
+    with pytest.raises(CharLMError, match="top-p"):
+        SampleSettings(top_p=1.5)
+
+
+def test_top_k_keeps_the_k_likeliest_and_never_unk():
+    logits = torch.tensor([9.0, 1.0, 5.0, 3.0, 4.0])
+    out = filter_logits(logits, SampleSettings(temperature=1.0, top_k=2))
+    assert torch.isinf(out[UNK_ID]) and torch.isfinite(out[[2, 4]]).all()
+    assert torch.isinf(out[[1, 3]]).all()
+
+
+def test_top_p_keeps_the_smallest_set_reaching_the_mass():
+    probs = torch.tensor([0.0, 0.5, 0.3, 0.15, 0.05])
+    logits = torch.log(probs.clamp_min(1e-12))
+    out = filter_logits(logits, SampleSettings(temperature=1.0, top_p=0.75))
+    assert torch.isfinite(out[[1, 2]]).all() and torch.isinf(out[[3, 4]]).all()
+
+
+def test_temperature_sharpens():
+    logits = torch.tensor([0.0, 1.0, 2.0])
+    cold = torch.softmax(filter_logits(logits, SampleSettings(temperature=0.5)), -1)
+    warm = torch.softmax(filter_logits(logits, SampleSettings(temperature=2.0)), -1)
+    assert cold[2] > warm[2]
+
+
+def test_generate_is_seeded_continues_the_prompt_and_stops(trained):
+    ck = checkpoint.load(trained)
+    s = SampleSettings(temperature=1.0, max_chars=30)
+    a = generate(ck.model, ck.vocab, "春眠", settings=s, generator=torch.Generator().manual_seed(1))
+    b = generate(ck.model, ck.vocab, "春眠", settings=s, generator=torch.Generator().manual_seed(1))
+    assert a == b and a.startswith("春眠") and "\n" not in a and len(a) <= 32
+
+
+def test_streamed_characters_are_the_sample(trained):
+    ck = checkpoint.load(trained)
+    seen = []
+    out = generate(ck.model, ck.vocab, "明月", generator=torch.Generator().manual_seed(3), on_char=seen.append)
+    assert out == "明月" + "".join(seen)
+
+
+def test_sampling_steps_once_per_character(trained, monkeypatch):
+    """The prompt is read once; each new character costs one step of length one."""
+    ck = checkpoint.load(trained)
+    lengths = []
+    real_forward = ck.model.forward
+
+    def spy(x, state=None):
+        lengths.append(x.shape[1])
+        return real_forward(x, state)
+
+    monkeypatch.setattr(ck.model, "forward", spy)
+    out = generate(ck.model, ck.vocab, "床前明月光", settings=SampleSettings(max_chars=20),
+                   generator=torch.Generator().manual_seed(0))
+    assert lengths[0] == 1 + len("床前明月光")
+    assert all(n == 1 for n in lengths[1:])
+    assert len(lengths) - 1 <= len(out) - len("床前明月光")
+
+
+def test_incremental_logits_equal_full_sequence_logits(trained):
+    ck = checkpoint.load(trained)
+    ids = torch.tensor([[EOS_ID, *ck.vocab.encode("白日依山尽，黄河入海流。")]])
+    full, _ = ck.model(ids)
+    logits, state = ck.model(ids[:, :1])
+    steps = [logits]
+    for t in range(1, ids.shape[1]):
+        logits, state = ck.model(ids[:, t : t + 1], state)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full)

@@ -1,0 +1,109 @@
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from charlm import checkpoint
+from charlm.config import TrainConfig
+from charlm.errors import CharLMError
+from charlm.train import Callbacks, lr_at, train_corpus
+
+from conftest import POEMS, tiny_config
+
+
+def _text():
+    return "\n".join(POEMS * 3) + "\n"
+
+
+def test_training_reduces_loss_and_keeps_the_best_checkpoint(tmp_path):
+    losses = []
+
+    class Record(Callbacks):
+        def on_step(self, e):
+            losses.append(e.loss)
+
+    res = train_corpus(_text(), tiny_config(max_steps=60), tmp_path / "ck", callbacks=Record())
+    assert res.steps == 60
+    # the first step sits near ln |V|; training brings it well down
+    ck = checkpoint.load(tmp_path / "ck")
+    assert abs(losses[0] - math.log(len(ck.vocab))) < 0.3
+    assert sum(losses[-10:]) / 10 < losses[0] - 0.4
+    records = [json.loads(l) for l in (tmp_path / "ck" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    valid = [r["valid_bpc"] for r in records if "valid_bpc" in r]
+    assert len(valid) == 6
+    assert ck.metrics["valid_bpc"] == pytest.approx(min(valid))
+
+
+def test_a_tiny_model_overfits_a_tiny_corpus(tmp_path):
+    cfg = tiny_config(max_steps=150, lr=2e-2, valid_fraction=0.1)
+    cfg.model.hidden_size = 64
+    res = train_corpus("\n".join(POEMS[:3] * 20) + "\n", cfg, tmp_path / "ck")
+    assert res.last_train_bpc < 0.5  # three memorised poems cost almost nothing
+
+
+def test_lr_warms_up_then_decays():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, max_steps=1000)
+    assert lr_at(0, 0.0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, 0.01, cfg) == pytest.approx(1.0, rel=1e-3)
+    assert lr_at(500, 0.5, cfg) == pytest.approx(0.55)
+    assert lr_at(999, 1.0, cfg) == pytest.approx(0.1)
+
+
+def test_corpus_shorter_than_one_sequence_is_refused(tmp_path):
+    with pytest.raises(CharLMError, match="too short"):
+        train_corpus("春眠\n不觉晓\n", tiny_config(seq_len=64), tmp_path / "ck")
+
+
+class _InterruptAt(Callbacks):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, e):
+        if e.step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """SIGINT saves a resumable checkpoint; --resume continues with the same data order, RNG
+    state (dropout), optimizer moments and carried hidden state, to bit-identical weights."""
+    def cfg():
+        c = tiny_config(max_steps=24, eval_interval=5)
+        c.model.dropout = 0.3
+        c.model.num_layers = 2
+        return c
+
+    straight = train_corpus(_text(), cfg(), tmp_path / "a")
+    assert straight.interrupted is None
+    part = train_corpus(_text(), cfg(), tmp_path / "b", callbacks=_InterruptAt(13))
+    assert part.interrupted == "SIGINT" and part.steps == 13
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    resumed = train_corpus(_text(), cfg(), tmp_path / "b", resume=True)
+    assert resumed.steps == 24
+    wa = load_file(str(tmp_path / "a" / "resume" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "resume" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert straight.best_valid_bpc == resumed.best_valid_bpc
+
+
+def test_resume_refuses_a_different_corpus(tmp_path):
+    train_corpus(_text(), tiny_config(max_steps=5), tmp_path / "ck")
+    with pytest.raises(CharLMError, match="sha256"):
+        train_corpus(_text() + "又一首诗，不同的文本。\n", tiny_config(max_steps=10), tmp_path / "ck", resume=True)
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path):
+    with pytest.raises(CharLMError, match="nothing to resume"):
+        train_corpus(_text(), tiny_config(), tmp_path / "none", resume=True)
+
+
+def test_any_text_trains(tmp_path):
+    prose = ("It was the best of times, it was the worst of times. " * 40 + "\n") * 3
+    res = train_corpus(prose, tiny_config(max_steps=10), tmp_path / "ck")
+    ck = checkpoint.load(tmp_path / "ck")
+    assert res.steps == 10 and ck.vocab.script == "none" and "w" in ck.vocab
