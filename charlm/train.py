@@ -397,8 +397,8 @@ def train_corpus(text: str, config: Config, out: str | Path, *, corpus_path: str
         for key in ("max_steps", "max_time", "epochs"):
             setattr(saved.train, key, getattr(config.train, key))
         config = saved
-        vocab = checkpoint.load(out).vocab
-        old = checkpoint.load(out).corpus.get("sha256")
+        best = checkpoint.load(out)
+        vocab, old = best.vocab, best.corpus.get("sha256")
     prep = prepare(text, config, corpus_path, vocab)
     if resume and old and old != prep.corpus["sha256"]:
         raise CharLMError("cannot resume: the corpus is not the one this run was trained on (its sha256 differs)")
