@@ -401,7 +401,7 @@ def _judge(checkpoint, poems_file, generate_n, form, acrostic, rhyme, rhyme_firs
     out = Console()
     table = Table(title="poems")
     for col in ("#", "poem", "form", "rhyme", "tones", "copied lines", "longest copy"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold", min_width=16 if col == "poem" else None)
     yes = lambda v: "–" if v is None else ("✓" if v else "✗")  # noqa: E731
     for i, r in enumerate(reports):
         tone = "–" if r.tone_agreement is None else f"{r.tone_agreement:.0%}"

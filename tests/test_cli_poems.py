@@ -1,0 +1,93 @@
+"""`charlm generate` poem options and `charlm eval --poems/--generate`, through the CLI."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from charlm.checkpoint import is_checkpoint, shipped_checkpoint
+from charlm.cli import app
+from charlm.poetry import check_poem, parse_form
+
+runner = CliRunner()
+shipped = pytest.mark.skipif(not is_checkpoint(shipped_checkpoint()), reason="shipped model not present")
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_form_on_a_tiny_model_and_json_checks(trained):
+    r = run("generate", "--checkpoint", trained, "--form", "wujue", "-n", 3, "--seed", 1, "--json")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert len(data["samples"]) == 3 and len(data["poems"]) == 3
+    for p in data["poems"]:
+        assert p["checks"]["form_valid"] and p["checks"]["form"] == "五绝"
+        assert p["logprob"] < 0 and p["score"] == pytest.approx(p["logprob"] / 25)  # 20 characters, 4 marks, end of poem
+    r = run("generate", "--checkpoint", trained, "--form", "五绝", "-n", 2, "--seed", 1)
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 2  # piped: one poem per line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--form", "sonnet"], "五绝"),
+    (["--form", "五绝", "--prompt", "春眠不觉晓处"], "cannot fit 五绝"),
+    (["--form", "五绝", "--acrostic", "春山"], "has 4 lines"),
+    (["--acrostic", "春\u9fff"], "\u9fff"),
+    (["--rhyme"], "need --form"),
+    (["--beam", "4"], "needs --form"),
+    (["--novel", "--form", "五绝", "--checkpoint", "{plain}"], "training lines"),
+])
+def test_poem_option_errors(trained, tmp_path, args, message):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for f in ("config.json", "vocab.json", "model.safetensors"):
+        (plain / f).write_bytes((trained / f).read_bytes())
+    args = [a.format(plain=plain) for a in args]
+    if "--checkpoint" not in args:
+        args = ["--checkpoint", str(trained), *args]
+    r = run("generate", *args)
+    assert r.exit_code != 0 and message in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""
+
+
+def test_eval_poems_judges_real_and_broken_poems(tmp_path, trained):
+    f = tmp_path / "poems.txt"
+    f.write_text("白日依山尽，黄河入海流。欲穷千里目，更上一层楼。\n"
+                 "白日依山尽，黄河入海流。欲穷千里目，更上一层阁。\n"
+                 "白日依山尽，黄河入海流。欲穷千里目。\n", encoding="utf-8")
+    r = run("eval", "--checkpoint", trained, "--poems", f, "--json")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    p = data["poems"]
+    assert [x["form_valid"] for x in p] == [True, True, False]
+    assert [x["rhyme_valid"] for x in p][:2] == [True, False]
+    assert p[0]["tone_agreement"] == 1.0
+    s = data["summary"]
+    assert s["poems"] == 3 and s["form_valid"] == pytest.approx(2 / 3)
+    assert 0 < s["distinct_2"] <= s["distinct_1"] <= 1 or 0 < s["distinct_1"] <= 1
+    # the tiny model was trained on 登鹳雀楼: its lines are copies
+    assert s["copy_rate"] > 0.5 and s["longest_copy"] in ("白日依山尽", "黄河入海流", "欲穷千里目", "更上一层楼")
+    r = run("eval", "--checkpoint", trained, "--poems", f)
+    assert r.exit_code == 0 and "form-valid" in r.stdout
+
+
+@shipped
+def test_shipped_acrostic_quatrain():
+    r = run("generate", "--checkpoint", shipped_checkpoint(), "--acrostic", "春花秋月", "--form", "七绝",
+            "--rhyme", "--seed", 0)
+    assert r.exit_code == 0, r.stderr
+    poem = r.stdout.strip()
+    c = check_poem(poem, parse_form("七绝"))
+    assert c.form_valid and c.rhyme_valid
+    assert [line[0] for line in c.lines] == list("春花秋月")
+
+
+@shipped
+def test_shipped_eval_generate_is_valid():
+    r = run("eval", "--checkpoint", shipped_checkpoint(), "--generate", 8, "--form", "七律", "--rhyme", "--tones",
+            "--novel", "--seed", 1, "--json")
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)["summary"]
+    assert s["form_valid"] == 1.0 and s["rhyme_valid"] == 1.0 and s["tone_agreement"] == 1.0
+    assert s["copy_rate"] == 0.0
