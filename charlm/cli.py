@@ -67,8 +67,8 @@ class _Display:
 
     def on_step(self, e) -> None:
         self.progress.update(
-            self.task, completed=min(1000, int(e.progress * 1000)),
-            stats=f"step {e.step} loss {e.loss:.3f} bpc {e.bpc:.3f} {e.chars_per_sec:,.0f} chars/s lr {e.lr:.2e}",
+            self.task, completed=min(1000, int(e.progress * 1000)), description=f"step {e.step}",
+            stats=f"loss {e.loss:.2f} bpc {e.bpc:.2f} {e.chars_per_sec / 1000:.1f}k char/s lr {e.lr:.0e}",
         )
 
     def on_valid(self, e, model, vocab) -> None:
@@ -134,8 +134,9 @@ def train(
             torch.set_num_threads(threads)
         text = read_corpus(corpus, encoding)
         out_dir = out or Path("checkpoints") / corpus.stem
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=12), TaskProgressColumn(),
+                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                   TimeRemainingColumn(compact=True)]
         with Progress(*columns, console=err, transient=False) as progress:
             display = _Display(progress, seed)
             result = train_corpus(text, config, out_dir, corpus_path=str(corpus), callbacks=display, resume=resume)
@@ -210,20 +211,20 @@ def _checks(text, spec):
 
 
 def _panel(result, checks, index):
+    """A poem in a panel: one line per verse line, centred, with its score and checks below."""
     from rich.align import Align
+    from rich.console import Group
     from rich.panel import Panel
     from rich.text import Text
 
     lines = re.findall(r"[^，。？！；]+[，。？！；]?", result.text) or [result.text]
-    body = Text("\n".join(lines))
     bits = [f"{result.score:.2f} nats/char"]
-    if checks.get("form"):
-        bits.append(checks["form"])
-    if checks.get("pattern"):
-        bits.append(checks["pattern"])
-    if checks.get("rhyme_group"):
-        bits.append(f"韵 {checks['rhyme_group']}")
-    return Panel(Align.center(body), title=f"#{index + 1}", subtitle=" · ".join(bits), expand=False, padding=(0, 2))
+    for key in ("form", "pattern", "rhyme_group"):
+        if checks.get(key):
+            bits.append(checks[key].replace(checks.get("form") or "\0", "").strip() if key == "pattern" else checks[key])
+    info = Text(" · ".join(b for b in bits if b), style="dim")
+    body = Group(*(Align.center(Text(l)) for l in lines), Text(""), Align.center(info))
+    return Panel(body, title=f"#{index + 1}", expand=False, padding=(0, 2))
 
 
 @app.command()
