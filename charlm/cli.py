@@ -98,6 +98,9 @@ def train(
     layers: Annotated[int, typer.Option(help="Number of stacked LSTM layers.", min=1)] = _M.num_layers,
     dropout: Annotated[float, typer.Option(help="Dropout on embeddings, between layers and before the output.")] = _M.dropout,
     tie: Annotated[bool, typer.Option("--tie/--no-tie", help="Share the embedding matrix with the output layer.")] = _M.tie_weights,
+    cell: Annotated[str, typer.Option(help="Recurrent cell: lstm, gru, rnn (tanh) or irnn (ReLU, identity init).")] = _M.cell,
+    conv_kernel: Annotated[int, typer.Option(help="Causal depthwise-separable convolution of this width before the recurrent layers (0 = off).", min=0)] = _M.conv_kernel,
+    residual: Annotated[bool, typer.Option("--residual", help="Residual connections with layer norm between recurrent layers.")] = _M.residual,
     seq_len: Annotated[int, typer.Option(help="Characters per training window (truncated BPTT length).", min=2)] = _T.seq_len,
     batch_size: Annotated[int, typer.Option(help="Parallel rows per batch.", min=1)] = _T.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = _T.lr,
@@ -118,7 +121,8 @@ def train(
 
     try:
         config = Config(
-            ModelConfig(embed_dim=embed, hidden_size=hidden, num_layers=layers, dropout=dropout, tie_weights=tie),
+            ModelConfig(embed_dim=embed, hidden_size=hidden, num_layers=layers, dropout=dropout, tie_weights=tie,
+                        cell=cell, conv_kernel=conv_kernel, residual=residual),
             TrainConfig(
                 seq_len=seq_len, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip=clip,
                 warmup_steps=warmup, max_steps=max_steps, epochs=epochs, seed=seed,

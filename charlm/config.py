@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from charlm.errors import CharLMError
 
-CELLS = ("lstm",)
+CELLS = ("lstm", "gru", "rnn", "irnn")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -22,6 +22,8 @@ class ModelConfig:
     dropout: float = 0.3
     tie_weights: bool = True
     cell: str = "lstm"
+    conv_kernel: int = 0  # 0 = no convolution block
+    residual: bool = False
 
     def __post_init__(self) -> None:
         _check(self.embed_dim >= 1, "--embed must be at least 1")
@@ -29,6 +31,7 @@ class ModelConfig:
         _check(self.num_layers >= 1, "--layers must be at least 1")
         _check(0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)")
         _check(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}")
+        _check(self.conv_kernel == 0 or self.conv_kernel >= 2, "--conv-kernel must be 0 (off) or at least 2")
 
 
 @dataclass

@@ -20,7 +20,51 @@ from torch import nn
 
 from charlm.config import ModelConfig
 
-State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_size)
+State = tuple[torch.Tensor, ...]  # (h, c) for the LSTM, (h,) otherwise, each (num_layers, B, H);
+#                                   with --conv-kernel K, the last K-1 inputs (K-1, B, E) follow
+
+
+def make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
+    """The recurrent layers of the text:
+
+    - ``rnn``: the simple recurrent network h_t = tanh(U h_{t-1} + W x_t + b);
+    - ``irnn``: the same with f = ReLU and U initialised to the identity (Le et al. 2015), the
+      text's trick that brings a simple RNN close to an LSTM;
+    - ``gru``: r_t = σ(W_r x_t + U_r h_{t-1} + b_r), z_t = σ(W_z x_t + U_z h_{t-1} + b_z),
+      n_t = tanh(W_n x_t + b_n + r_t ⊙ (U_n h_{t-1} + b'_n)), h_t = (1 − z_t) ⊙ n_t + z_t ⊙ h_{t-1};
+    - ``lstm``: the gated cell described at the top of this module.
+    """
+    dropout = dropout if num_layers > 1 else 0.0
+    if cell == "lstm":
+        return nn.LSTM(input_size, hidden_size, num_layers, dropout=dropout, batch_first=True)
+    if cell == "gru":
+        return nn.GRU(input_size, hidden_size, num_layers, dropout=dropout, batch_first=True)
+    nonlinearity = "tanh" if cell == "rnn" else "relu"
+    return nn.RNN(input_size, hidden_size, num_layers, nonlinearity=nonlinearity, dropout=dropout, batch_first=True)
+
+
+class CausalSeparableConv(nn.Module):
+    """A causal, depthwise-separable 1-D convolution block ahead of the recurrent layers.
+
+    Depthwise: each embedding channel is convolved over time with its own kernel of width K, seeing
+    only x_{t-K+1} … x_t (the left context is padded with the carried last K-1 inputs, so the output
+    at t never depends on anything after t); pointwise: a 1×1 convolution mixes the channels. The
+    block is residual: y = x + GELU(pointwise(depthwise(x))).
+    """
+
+    def __init__(self, channels: int, kernel: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.depthwise = nn.Conv1d(channels, channels, kernel, groups=channels)
+        self.pointwise = nn.Conv1d(channels, channels, 1)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, T, C), past: (K-1, B, C) → y: (B, T, C) and the new past (K-1, B, C)."""
+        full = torch.cat([past.transpose(0, 1).to(x.dtype), x], dim=1)  # (B, K-1+T, C)
+        y = self.pointwise(self.depthwise(full.transpose(1, 2)))  # (B, C, T)
+        y = x + self.act(y.transpose(1, 2))
+        return y, full[:, full.size(1) - (self.kernel - 1) :].transpose(0, 1)
 
 
 class CharLM(nn.Module):
@@ -29,10 +73,15 @@ class CharLM(nn.Module):
         self.config = config
         c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
-        self.rnn = nn.LSTM(
-            c.embed_dim, c.hidden_size, c.num_layers,
-            dropout=c.dropout if c.num_layers > 1 else 0.0, batch_first=True,
-        )
+        self.conv = CausalSeparableConv(c.embed_dim, c.conv_kernel) if c.conv_kernel else None
+        if c.residual:
+            # one module per layer: x_1 = RNN_1(e); x_l = x_{l-1} + RNN_l(LayerNorm(x_{l-1}))
+            self.layers = nn.ModuleList(
+                [make_rnn(c.cell, c.embed_dim if i == 0 else c.hidden_size, c.hidden_size, 1, 0.0)
+                 for i in range(c.num_layers)])
+            self.norms = nn.ModuleList([nn.LayerNorm(c.hidden_size) for _ in range(c.num_layers - 1)])
+        else:
+            self.rnn = make_rnn(c.cell, c.embed_dim, c.hidden_size, c.num_layers, c.dropout)
         self.drop = nn.Dropout(c.dropout)
         # Tied weights share the embedding matrix with the output layer V; when the hidden size
         # differs from the embedding size a linear projection brings h_t down to embed_dim first.
@@ -45,31 +94,67 @@ class CharLM(nn.Module):
             self.head.weight = self.embed.weight
         self._init_weights()
 
+    @property
+    def _rnns(self) -> list[nn.Module]:
+        return list(self.layers) if self.config.residual else [self.rnn]
+
     def _init_weights(self) -> None:
         nn.init.normal_(self.embed.weight, std=0.05)
         nn.init.zeros_(self.head.bias)
-        # A forget-gate bias of 1 lets the cell remember from the start (Jozefowicz et al. 2015).
         h = self.config.hidden_size
-        for name, p in self.rnn.named_parameters():
-            if name.startswith("bias_ih"):
+        for rnn in self._rnns:
+            for name, p in rnn.named_parameters():
                 with torch.no_grad():
-                    p[h : 2 * h].fill_(1.0)  # PyTorch gate order: input, forget, cell, output
-            elif name.startswith("bias_hh"):
-                nn.init.zeros_(p)
+                    if self.config.cell == "lstm" and name.startswith("bias_ih"):
+                        # forget-gate bias 1 lets the cell remember from the start (Jozefowicz et al. 2015);
+                        # PyTorch's gate order is input, forget, cell, output
+                        p[h : 2 * h].fill_(1.0)
+                    elif name.startswith("bias_hh"):
+                        nn.init.zeros_(p)
+                    elif self.config.cell == "irnn" and name.startswith("weight_hh"):
+                        p.copy_(torch.eye(h))  # IRNN: recurrent matrix = identity
+                    elif self.config.cell == "irnn" and name.startswith("bias_ih"):
+                        nn.init.zeros_(p)
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """x: (B, T) character ids → logits (B, T, vocab_size) and the final (h, c)."""
+        """x: (B, T) character ids → logits (B, T, vocab_size) and the state to carry on with."""
+        c = self.config
+        if state is None:
+            state = self.init_state(x.size(0))
+        n_rnn = 2 if c.cell == "lstm" else 1
         e = self.drop(self.embed(x))  # (B, T, E)
-        out, state = self.rnn(e, state)  # (B, T, H)
+        new: list[torch.Tensor] = []
+        if self.conv is not None:
+            e, past = self.conv(e, state[n_rnn])
+        rnn_state = state[:n_rnn]
+        if not c.residual:
+            out, s = self.rnn(e, rnn_state if n_rnn == 2 else rnn_state[0])  # (B, T, H)
+            new.extend(s if n_rnn == 2 else (s,))
+        else:
+            per_layer = []
+            out = e
+            for i, rnn in enumerate(self.layers):
+                s_i = tuple(t[i : i + 1] for t in rnn_state)
+                inp = out if i == 0 else self.norms[i - 1](out)
+                y, s = rnn(inp, s_i if n_rnn == 2 else s_i[0])
+                out = y if i == 0 else out + self.drop(y)
+                per_layer.append(s if n_rnn == 2 else (s,))
+            new.extend(torch.cat([p[k] for p in per_layer], 0) for k in range(n_rnn))
+        if self.conv is not None:
+            new.append(past)
         out = self.drop(out)
         if self.proj is not None:
             out = self.proj(out)  # (B, T, E)
-        return self.head(out), state
+        return self.head(out), tuple(new)
 
     def init_state(self, batch_size: int) -> State:
         c = self.config
-        z = torch.zeros(c.num_layers, batch_size, c.hidden_size, device=self.embed.weight.device)
-        return z, z.clone()
+        dev = self.embed.weight.device
+        n_rnn = 2 if c.cell == "lstm" else 1
+        state = [torch.zeros(c.num_layers, batch_size, c.hidden_size, device=dev) for _ in range(n_rnn)]
+        if c.conv_kernel:
+            state.append(torch.zeros(c.conv_kernel - 1, batch_size, c.embed_dim, device=dev))
+        return tuple(state)
 
 
 def detach_state(state: State) -> State:

@@ -260,8 +260,9 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
         torch.set_rng_state(tensors["rng.torch"])
         step, epoch, window = st["step"], st["epoch"], st["window"]
         elapsed_before, best, batch_size = st["elapsed"], st["best_valid_bpc"], st["batch_size"]
-        if "state.h" in tensors:
-            state = (tensors["state.h"], tensors["state.c"])
+        carried = sorted((k for k in tensors if k.startswith("state.")), key=lambda k: int(k.split(".")[1]))
+        if carried:
+            state = tuple(tensors[k] for k in carried)
 
     def progress(elapsed: float, ep: float) -> float:
         parts = []
@@ -291,7 +292,8 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
         tensors, opt_meta = _flatten_optimizer(opt)
         tensors["rng.torch"] = torch.get_rng_state()
         if state is not None:
-            tensors["state.h"], tensors["state.c"] = state
+            for i, t in enumerate(state):
+                tensors[f"state.{i}"] = t
         from safetensors.torch import save_model
 
         (out / checkpoint.RESUME).mkdir(parents=True, exist_ok=True)

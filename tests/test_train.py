@@ -67,13 +67,16 @@ class _InterruptAt(Callbacks):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("variant", [{}, {"cell": "gru", "conv_kernel": 3, "residual": True}])
+def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, variant):
     """SIGINT saves a resumable checkpoint; --resume continues with the same data order, RNG
     state (dropout), optimizer moments and carried hidden state, to bit-identical weights."""
     def cfg():
         c = tiny_config(max_steps=24, eval_interval=5)
         c.model.dropout = 0.3
         c.model.num_layers = 2
+        for k, v in variant.items():
+            setattr(c.model, k, v)
         return c
 
     straight = train_corpus(_text(), cfg(), tmp_path / "a")

@@ -1,0 +1,109 @@
+"""The recurrent family of the text: every cell, the causal convolution and residual layers,
+each checked against its equation and run through the command line."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charlm import checkpoint
+from charlm.cli import app
+from charlm.config import ModelConfig
+from charlm.model import CharLM
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=11, embed_dim=5, hidden_size=4, num_layers=1, dropout=0.0, tie_weights=False)
+    cfg.update(kw)
+    return CharLM(ModelConfig(**cfg)).eval()
+
+
+@pytest.mark.parametrize("cell, f", [("rnn", torch.tanh), ("irnn", torch.relu)])
+def test_simple_rnn_step_matches_the_equation(cell, f):
+    """h_t = f(U h_{t-1} + W x_t + b)"""
+    m = _model(cell=cell)
+    h0 = torch.randn(1, 1, 4)
+    logits, (h1,) = m(torch.tensor([[3]]), (h0,))
+    W, U = m.rnn.weight_ih_l0, m.rnn.weight_hh_l0
+    b = m.rnn.bias_ih_l0 + m.rnn.bias_hh_l0
+    h = f(U @ h0[0, 0] + W @ m.embed.weight[3] + b)
+    torch.testing.assert_close(h1[0, 0], h)
+    torch.testing.assert_close(logits[0, 0], m.head.weight @ h + m.head.bias)  # y = V h_t + c
+
+
+def test_irnn_starts_from_the_identity():
+    m = _model(cell="irnn", num_layers=2)
+    assert torch.equal(m.rnn.weight_hh_l0, torch.eye(4)) and torch.equal(m.rnn.weight_hh_l1, torch.eye(4))
+    assert not m.rnn.bias_ih_l0.any() and not m.rnn.bias_hh_l0.any()
+
+
+def test_gru_step_matches_the_equations():
+    m = _model(cell="gru")
+    H = 4
+    h0 = torch.randn(1, 1, H)
+    _, (h1,) = m(torch.tensor([[2]]), (h0,))
+    x, hp = m.embed.weight[2], h0[0, 0]
+    gi = m.rnn.weight_ih_l0 @ x + m.rnn.bias_ih_l0
+    gh = m.rnn.weight_hh_l0 @ hp + m.rnn.bias_hh_l0
+    r = torch.sigmoid(gi[:H] + gh[:H])
+    z = torch.sigmoid(gi[H : 2 * H] + gh[H : 2 * H])
+    n = torch.tanh(gi[2 * H :] + r * gh[2 * H :])
+    torch.testing.assert_close(h1[0, 0], (1 - z) * n + z * hp)
+
+
+@pytest.mark.parametrize("kw", [dict(conv_kernel=3), dict(conv_kernel=4, residual=True, num_layers=3),
+                                dict(residual=True, num_layers=2, cell="gru")])
+def test_step_by_step_logits_equal_full_sequence_logits(kw):
+    m = _model(**kw)
+    x = torch.randint(0, 11, (2, 9))
+    full, _ = m(x)
+    state, steps = None, []
+    for t in range(9):
+        logits, state = m(x[:, t : t + 1], state)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full)
+
+
+def test_convolution_is_causal():
+    m = _model(conv_kernel=3)
+    x = torch.randint(0, 11, (1, 10))
+    y = x.clone()
+    y[0, 6:] = (y[0, 6:] + 1) % 11  # change the future from t = 6 on
+    a, _ = m(x)
+    b, _ = m(y)
+    torch.testing.assert_close(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6], b[:, 6])
+
+
+def test_convolution_is_depthwise_then_pointwise():
+    m = _model(conv_kernel=3)
+    assert m.conv.depthwise.groups == 5 and m.conv.depthwise.weight.shape == (5, 1, 3)
+    assert m.conv.pointwise.weight.shape == (5, 5, 1)
+
+
+@pytest.mark.parametrize("extra", [["--cell", "gru"], ["--cell", "rnn"], ["--cell", "irnn"],
+                                   ["--cell", "lstm", "--conv-kernel", "3"], ["--residual", "--layers", "2"]])
+def test_every_variant_trains_reloads_generates_and_evaluates(extra, corpus_file, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "ck"
+    args = ["train", str(corpus_file), "--out", str(out), "--max-steps", "6", "--eval-interval", "3",
+            "--embed", "8", "--hidden", "12", "--seq-len", "12", "--batch-size", "4", "--precision", "fp32", *extra]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.stderr
+    ck = checkpoint.load(out)
+    assert ck.config.model.cell == (extra[1] if extra[0] == "--cell" else "lstm")
+    # reload is bit-identical
+    x = torch.randint(0, len(ck.vocab), (2, 7))
+    again = checkpoint.load(out)
+    assert torch.equal(ck.model(x)[0], again.model(x)[0])
+    r = runner.invoke(app, ["generate", "--checkpoint", str(out), "--seed", "1", "--max-chars", "10", "-n", "2"])
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 2
+    r = runner.invoke(app, ["eval", "--checkpoint", str(out), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["chars"] > 0
+
+
+def test_bad_cell_is_a_clear_error(corpus_file):
+    r = CliRunner().invoke(app, ["train", str(corpus_file), "--cell", "transformer"])
+    assert r.exit_code != 0 and "--cell must be one of" in r.stderr
