@@ -101,6 +101,8 @@ def train(
     cell: Annotated[str, typer.Option(help="Recurrent cell: lstm, gru, rnn (tanh) or irnn (ReLU, identity init).")] = _M.cell,
     conv_kernel: Annotated[int, typer.Option(help="Causal depthwise-separable convolution of this width before the recurrent layers (0 = off).", min=0)] = _M.conv_kernel,
     residual: Annotated[bool, typer.Option("--residual", help="Residual connections with layer norm between recurrent layers.")] = _M.residual,
+    embed_dropout: Annotated[float, typer.Option(help="Drop whole characters' embeddings with this probability.")] = _M.embed_dropout,
+    locked_dropout: Annotated[bool, typer.Option("--locked-dropout", help="Variational dropout: one mask per sequence for all time steps.")] = _M.locked_dropout,
     seq_len: Annotated[int, typer.Option(help="Characters per training window (truncated BPTT length).", min=2)] = _T.seq_len,
     batch_size: Annotated[int, typer.Option(help="Parallel rows per batch.", min=1)] = _T.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = _T.lr,
@@ -122,7 +124,8 @@ def train(
     try:
         config = Config(
             ModelConfig(embed_dim=embed, hidden_size=hidden, num_layers=layers, dropout=dropout, tie_weights=tie,
-                        cell=cell, conv_kernel=conv_kernel, residual=residual),
+                        cell=cell, conv_kernel=conv_kernel, residual=residual, embed_dropout=embed_dropout,
+                        locked_dropout=locked_dropout),
             TrainConfig(
                 seq_len=seq_len, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip=clip,
                 warmup_steps=warmup, max_steps=max_steps, epochs=epochs, seed=seed,

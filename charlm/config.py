@@ -24,12 +24,15 @@ class ModelConfig:
     cell: str = "lstm"
     conv_kernel: int = 0  # 0 = no convolution block
     residual: bool = False
+    embed_dropout: float = 0.0  # drop whole characters' embedding vectors (rows)
+    locked_dropout: bool = False  # one dropout mask per sequence, shared by all time steps
 
     def __post_init__(self) -> None:
         _check(self.embed_dim >= 1, "--embed must be at least 1")
         _check(self.hidden_size >= 1, "--hidden must be at least 1")
         _check(self.num_layers >= 1, "--layers must be at least 1")
         _check(0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)")
+        _check(0.0 <= self.embed_dropout < 1.0, "--embed-dropout must be in [0, 1)")
         _check(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}")
         _check(self.conv_kernel == 0 or self.conv_kernel >= 2, "--conv-kernel must be 0 (off) or at least 2")
 

@@ -67,6 +67,24 @@ class CausalSeparableConv(nn.Module):
         return y, full[:, full.size(1) - (self.kernel - 1) :].transpose(0, 1)
 
 
+def locked_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Variational (locked) dropout (Gal & Ghahramani 2016): x (B, T, C) is multiplied by one
+    mask per sequence and channel, the same at every time step."""
+    if not training or p == 0.0:
+        return x
+    mask = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - p) / (1 - p)
+    return x * mask
+
+
+def embedding_dropout(embed: nn.Embedding, x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Embedding dropout (Gal & Ghahramani 2016; Merity et al. 2017): whole rows of the embedding
+    matrix — every occurrence of a character — are dropped together, the rest scaled by 1/(1-p)."""
+    if not training or p == 0.0:
+        return embed(x)
+    mask = embed.weight.new_empty(embed.weight.size(0), 1).bernoulli_(1 - p) / (1 - p)
+    return nn.functional.embedding(x, embed.weight * mask)
+
+
 class CharLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -74,12 +92,14 @@ class CharLM(nn.Module):
         c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
         self.conv = CausalSeparableConv(c.embed_dim, c.conv_kernel) if c.conv_kernel else None
-        if c.residual:
-            # one module per layer: x_1 = RNN_1(e); x_l = x_{l-1} + RNN_l(LayerNorm(x_{l-1}))
+        if c.residual or c.locked_dropout:
+            # one module per layer, so dropout (locked or not) and residual connections sit between
+            # them; with --residual: x_1 = RNN_1(e); x_l = x_{l-1} + RNN_l(LayerNorm(x_{l-1}))
             self.layers = nn.ModuleList(
                 [make_rnn(c.cell, c.embed_dim if i == 0 else c.hidden_size, c.hidden_size, 1, 0.0)
                  for i in range(c.num_layers)])
-            self.norms = nn.ModuleList([nn.LayerNorm(c.hidden_size) for _ in range(c.num_layers - 1)])
+            self.norms = nn.ModuleList([nn.LayerNorm(c.hidden_size) for _ in range(c.num_layers - 1)]) \
+                if c.residual else None
         else:
             self.rnn = make_rnn(c.cell, c.embed_dim, c.hidden_size, c.num_layers, c.dropout)
         self.drop = nn.Dropout(c.dropout)
@@ -96,7 +116,16 @@ class CharLM(nn.Module):
 
     @property
     def _rnns(self) -> list[nn.Module]:
-        return list(self.layers) if self.config.residual else [self.rnn]
+        return list(self.layers) if self._per_layer else [self.rnn]
+
+    @property
+    def _per_layer(self) -> bool:
+        return self.config.residual or self.config.locked_dropout
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.locked_dropout:
+            return locked_dropout(x, self.config.dropout, self.training)
+        return self.drop(x)
 
     def _init_weights(self) -> None:
         nn.init.normal_(self.embed.weight, std=0.05)
@@ -122,12 +151,12 @@ class CharLM(nn.Module):
         if state is None:
             state = self.init_state(x.size(0))
         n_rnn = 2 if c.cell == "lstm" else 1
-        e = self.drop(self.embed(x))  # (B, T, E)
+        e = self._drop(embedding_dropout(self.embed, x, c.embed_dropout, self.training))  # (B, T, E)
         new: list[torch.Tensor] = []
         if self.conv is not None:
             e, past = self.conv(e, state[n_rnn])
         rnn_state = state[:n_rnn]
-        if not c.residual:
+        if not self._per_layer:
             out, s = self.rnn(e, rnn_state if n_rnn == 2 else rnn_state[0])  # (B, T, H)
             new.extend(s if n_rnn == 2 else (s,))
         else:
@@ -135,14 +164,20 @@ class CharLM(nn.Module):
             out = e
             for i, rnn in enumerate(self.layers):
                 s_i = tuple(t[i : i + 1] for t in rnn_state)
-                inp = out if i == 0 else self.norms[i - 1](out)
-                y, s = rnn(inp, s_i if n_rnn == 2 else s_i[0])
-                out = y if i == 0 else out + self.drop(y)
+                if i == 0:
+                    y, s = rnn(out, s_i if n_rnn == 2 else s_i[0])
+                    out = y
+                elif c.residual:
+                    y, s = rnn(self.norms[i - 1](out), s_i if n_rnn == 2 else s_i[0])
+                    out = out + self._drop(y)
+                else:
+                    y, s = rnn(self._drop(out), s_i if n_rnn == 2 else s_i[0])
+                    out = y
                 per_layer.append(s if n_rnn == 2 else (s,))
             new.extend(torch.cat([p[k] for p in per_layer], 0) for k in range(n_rnn))
         if self.conv is not None:
             new.append(past)
-        out = self.drop(out)
+        out = self._drop(out)
         if self.proj is not None:
             out = self.proj(out)  # (B, T, E)
         return self.head(out), tuple(new)

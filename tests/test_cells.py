@@ -107,3 +107,39 @@ def test_every_variant_trains_reloads_generates_and_evaluates(extra, corpus_file
 def test_bad_cell_is_a_clear_error(corpus_file):
     r = CliRunner().invoke(app, ["train", str(corpus_file), "--cell", "transformer"])
     assert r.exit_code != 0 and "--cell must be one of" in r.stderr
+
+
+def test_locked_dropout_shares_one_mask_over_time():
+    from charlm.model import locked_dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(3, 50, 8)
+    y = locked_dropout(x, 0.5, training=True)
+    assert torch.equal(y, y[:, :1].expand_as(y))  # the same at every step
+    assert (y == 0).any() and set(y.unique().tolist()) <= {0.0, 2.0}
+    assert torch.equal(locked_dropout(x, 0.5, training=False), x)
+
+
+def test_embedding_dropout_drops_whole_characters():
+    from charlm.model import embedding_dropout
+
+    torch.manual_seed(1)
+    emb = torch.nn.Embedding(20, 6)
+    x = torch.randint(0, 20, (4, 30))
+    e = embedding_dropout(emb, x, 0.5, training=True)
+    for ch in x.unique():
+        rows = e[x == ch]
+        assert torch.equal(rows, rows[:1].expand_as(rows))  # every occurrence dropped or kept together
+    zeroed = {int(ch) for ch in x.unique() if not e[x == ch].any()}
+    assert zeroed and all(torch.allclose(e[x == ch][0], 2 * emb.weight[ch]) for ch in x.unique().tolist() if ch not in zeroed)
+
+
+def test_locked_dropout_model_is_deterministic_in_eval_and_trains(corpus_file, tmp_path):
+    m = _model(num_layers=2, locked_dropout=True, embed_dropout=0.1, dropout=0.3)
+    x = torch.randint(0, 11, (2, 9))
+    assert torch.equal(m(x)[0], m(x)[0])
+    r = CliRunner().invoke(app, ["train", str(corpus_file), "--out", str(tmp_path / "ck"), "--max-steps", "4",
+                                 "--embed", "8", "--hidden", "8", "--seq-len", "12", "--batch-size", "4",
+                                 "--locked-dropout", "--embed-dropout", "0.1", "--precision", "fp32"])
+    assert r.exit_code == 0, r.stderr
+    assert checkpoint.load(tmp_path / "ck").config.model.locked_dropout
