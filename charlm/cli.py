@@ -103,6 +103,7 @@ def train(
     residual: Annotated[bool, typer.Option("--residual", help="Residual connections with layer norm between recurrent layers.")] = _M.residual,
     embed_dropout: Annotated[float, typer.Option(help="Drop whole characters' embeddings with this probability.")] = _M.embed_dropout,
     locked_dropout: Annotated[bool, typer.Option("--locked-dropout", help="Variational dropout: one mask per sequence for all time steps.")] = _M.locked_dropout,
+    softmax: Annotated[str, typer.Option(help="Output layer: full, or adaptive (faster for large vocabularies; unties weights).")] = _M.softmax,
     seq_len: Annotated[int, typer.Option(help="Characters per training window (truncated BPTT length).", min=2)] = _T.seq_len,
     batch_size: Annotated[int, typer.Option(help="Parallel rows per batch.", min=1)] = _T.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = _T.lr,
@@ -125,7 +126,7 @@ def train(
         config = Config(
             ModelConfig(embed_dim=embed, hidden_size=hidden, num_layers=layers, dropout=dropout, tie_weights=tie,
                         cell=cell, conv_kernel=conv_kernel, residual=residual, embed_dropout=embed_dropout,
-                        locked_dropout=locked_dropout),
+                        locked_dropout=locked_dropout, softmax=softmax),
             TrainConfig(
                 seq_len=seq_len, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip=clip,
                 warmup_steps=warmup, max_steps=max_steps, epochs=epochs, seed=seed,

@@ -26,6 +26,8 @@ class ModelConfig:
     residual: bool = False
     embed_dropout: float = 0.0  # drop whole characters' embedding vectors (rows)
     locked_dropout: bool = False  # one dropout mask per sequence, shared by all time steps
+    softmax: str = "full"  # or "adaptive" (Grave et al. 2017), which unties the output layer
+    cutoffs: list[int] | None = None  # adaptive softmax cluster bounds; chosen from vocab_size if None
 
     def __post_init__(self) -> None:
         _check(self.embed_dim >= 1, "--embed must be at least 1")
@@ -35,6 +37,16 @@ class ModelConfig:
         _check(0.0 <= self.embed_dropout < 1.0, "--embed-dropout must be in [0, 1)")
         _check(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}")
         _check(self.conv_kernel == 0 or self.conv_kernel >= 2, "--conv-kernel must be 0 (off) or at least 2")
+        _check(self.softmax in ("full", "adaptive"), "--softmax must be full or adaptive")
+        if self.softmax == "adaptive":
+            self.tie_weights = False  # the adaptive softmax has its own output matrices
+
+
+def adaptive_cutoffs(vocab_size: int) -> list[int]:
+    """Cluster bounds on the frequency-ordered vocabulary: a head of the 1,000 commonest
+    characters, then tails to 4,000 and the rest (fewer clusters for small vocabularies)."""
+    cuts = [c for c in (1000, 4000) if c < vocab_size - 1]
+    return cuts or [max(1, vocab_size // 2)]
 
 
 @dataclass

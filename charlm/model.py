@@ -109,9 +109,20 @@ class CharLM(nn.Module):
             self.proj = nn.Linear(c.hidden_size, c.embed_dim, bias=False)
         else:
             self.proj = None
-        self.head = nn.Linear(c.embed_dim if c.tie_weights else c.hidden_size, c.vocab_size)
-        if c.tie_weights:
-            self.head.weight = self.embed.weight
+        if c.softmax == "adaptive":
+            from charlm.config import adaptive_cutoffs
+
+            # adaptive softmax: frequent characters in a small head, rare ones in cheaper clusters
+            cutoffs = c.cutoffs or adaptive_cutoffs(c.vocab_size)
+            # each tail cluster projects to hidden/4^i dimensions; tiny models keep them full size
+            div = 4.0 if c.hidden_size >= 4 ** len(cutoffs) else 1.0
+            self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(c.hidden_size, c.vocab_size, cutoffs, div_value=div)
+            self.head = None
+        else:
+            self.adaptive = None
+            self.head = nn.Linear(c.embed_dim if c.tie_weights else c.hidden_size, c.vocab_size)
+            if c.tie_weights:
+                self.head.weight = self.embed.weight
         self._init_weights()
 
     @property
@@ -129,7 +140,8 @@ class CharLM(nn.Module):
 
     def _init_weights(self) -> None:
         nn.init.normal_(self.embed.weight, std=0.05)
-        nn.init.zeros_(self.head.bias)
+        if self.head is not None:
+            nn.init.zeros_(self.head.bias)
         h = self.config.hidden_size
         for rnn in self._rnns:
             for name, p in rnn.named_parameters():
@@ -146,7 +158,31 @@ class CharLM(nn.Module):
                         nn.init.zeros_(p)
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """x: (B, T) character ids → logits (B, T, vocab_size) and the state to carry on with."""
+        """x: (B, T) character ids → logits (B, T, vocab_size) and the state to carry on with.
+
+        With the adaptive softmax the "logits" are its exact log-probabilities over the whole
+        vocabulary (softmax of them gives the same distribution back)."""
+        out, state = self.features(x, state)
+        if self.adaptive is not None:
+            flat = self.adaptive.log_prob(out.reshape(-1, out.size(-1)))
+            return flat.view(*out.shape[:-1], -1), state
+        return self.head(out), state
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Mean cross-entropy (nats/char) of targets y (B, T) given x; the training objective.
+        The adaptive softmax computes it without the full vocabulary for rare clusters."""
+        out, state = self.features(x, state)
+        if self.adaptive is not None:
+            return self.adaptive(out.reshape(-1, out.size(-1)), y.reshape(-1)).loss, state
+        logits = self.head(out)
+        # Under bf16 autocast the logits stay bf16 for the loss (autocast would upcast them, which
+        # costs ~40% of a training step at 64×128×|V|); the log-softmax kernel accumulates in fp32.
+        with torch.autocast(logits.device.type, enabled=False):
+            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        return loss, state
+
+    def features(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Everything before the output layer: (B, T) ids → (B, T, D) and the carried state."""
         c = self.config
         if state is None:
             state = self.init_state(x.size(0))
@@ -180,7 +216,7 @@ class CharLM(nn.Module):
         out = self._drop(out)
         if self.proj is not None:
             out = self.proj(out)  # (B, T, E)
-        return self.head(out), tuple(new)
+        return out, tuple(new)
 
     def init_state(self, batch_size: int) -> State:
         c = self.config

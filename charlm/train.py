@@ -351,12 +351,8 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
                 x, y = get_window(data.rows, window, tc.seq_len)  # (B, T) each
                 if state is None:
                     state = model.init_state(batch_size)
-                with autocast(precision):
-                    logits, new_state = model(x, state)
-                # Under bf16 the logits stay bf16 for the loss: log-softmax accumulates in fp32
-                # inside the kernel, and upcasting 64×128×|V| logits first costs ~40% of a step.
-                # Validation is always scored in fp32.
-                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+                with autocast(precision):  # validation is always scored in fp32
+                    loss, new_state = model.loss(x, y, state)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.clip > 0:

@@ -143,3 +143,23 @@ def test_locked_dropout_model_is_deterministic_in_eval_and_trains(corpus_file, t
                                  "--locked-dropout", "--embed-dropout", "0.1", "--precision", "fp32"])
     assert r.exit_code == 0, r.stderr
     assert checkpoint.load(tmp_path / "ck").config.model.locked_dropout
+
+
+def test_adaptive_softmax_gives_exact_normalised_log_probabilities(corpus_file, tmp_path):
+    m = _model(vocab_size=40, softmax="adaptive", cutoffs=[10, 25])
+    assert m.head is None and not m.config.tie_weights
+    x = torch.randint(0, 40, (2, 6))
+    logp, _ = m(x)
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(2, 6))  # a distribution over all 40
+    y = torch.randint(0, 40, (2, 6))
+    loss, _ = m.loss(x, y)
+    ref = -logp.reshape(-1, 40).gather(1, y.reshape(-1, 1)).mean()
+    torch.testing.assert_close(loss, ref)  # the fast training loss equals the exact one
+    r = CliRunner().invoke(app, ["train", str(corpus_file), "--out", str(tmp_path / "ck"), "--max-steps", "4",
+                                 "--embed", "8", "--hidden", "8", "--seq-len", "12", "--batch-size", "4",
+                                 "--softmax", "adaptive", "--precision", "fp32"])
+    assert r.exit_code == 0, r.stderr
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path / "ck"), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["bpc"] > 0
+    r = CliRunner().invoke(app, ["generate", "--checkpoint", str(tmp_path / "ck"), "--seed", "0", "--max-chars", "5"])
+    assert r.exit_code == 0 and r.stdout.strip()
