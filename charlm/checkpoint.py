@@ -163,27 +163,73 @@ def save_lines(path: str | Path, lines: set[str]) -> None:
 
 # -- resumable training state ----------------------------------------------------------------
 
-def save_resume(path: str | Path, tensors: dict[str, torch.Tensor], state: dict) -> None:
-    """Optimizer moments, RNG state and carried hidden state (tensors) + counters (JSON)."""
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's state as safetensors-ready tensors plus JSON-ready scalars and groups."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{idx}.{k}"] = v
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, idx, k = key.split(".", 2)
+            state.setdefault(int(idx), {})[k] = v
+    for key, v in meta["scalars"].items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_resume(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                carried: tuple[torch.Tensor, ...] | None, counters: dict) -> None:
+    """Everything `--resume` needs in <path>/resume/: the latest weights, the optimizer moments,
+    torch's RNG state and the carried recurrent state (safetensors), counters and settings (JSON)."""
     r = Path(path) / RESUME
     r.mkdir(parents=True, exist_ok=True)
+    tensors, opt_meta = _flatten_optimizer(optimizer)
+    tensors["rng.torch"] = torch.get_rng_state()
+    for i, t in enumerate(carried or ()):
+        tensors[f"state.{i}"] = t
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_write(r / WEIGHTS, lambda tmp: save_model(unwrap(model), str(tmp)))
     _atomic_write(r / "state.safetensors", lambda tmp: save_file(tensors, str(tmp)))
-    _write_json(r / "state.json", {"format_version": FORMAT_VERSION, **state})
+    _write_json(r / "state.json", {"format_version": FORMAT_VERSION, **counters, "optimizer": opt_meta})
 
 
-def load_resume(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+def read_resume(path: str | Path) -> dict:
+    """The counters and settings of a resumable run (no tensors)."""
     r = Path(path) / RESUME
     if not (r / "state.json").is_file():
         raise CharLMError(f"nothing to resume in {str(path)!r} (no {RESUME}/state.json)")
     state = _read_json(r / "state.json", "resume state")
     if state.get("format_version") != FORMAT_VERSION:
         raise CharLMError(f"resume state in {str(path)!r} has an unsupported format version")
+    return state
+
+
+def load_resume(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+                ) -> tuple[dict, tuple[torch.Tensor, ...] | None]:
+    """Restore weights, optimizer and RNG from <path>/resume/; return the counters and the
+    carried recurrent state."""
+    state = read_resume(path)
+    r = Path(path) / RESUME
     try:
         tensors = load_file(str(r / "state.safetensors"))
-    except (SafetensorError, OSError) as e:
-        raise CharLMError(f"resume state in {str(path)!r} is corrupt ({e})") from None
-    return tensors, state
+        load_model(unwrap(model), str(r / WEIGHTS))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CharLMError(f"resume state in {str(path)!r} is corrupt ({str(e).splitlines()[0]})") from None
+    _unflatten_optimizer(optimizer, tensors, state["optimizer"])
+    torch.set_rng_state(tensors["rng.torch"])
+    keys = sorted((k for k in tensors if k.startswith("state.")), key=lambda k: int(k.split(".")[1]))
+    return state, tuple(tensors[k] for k in keys) or None
 
 
 def find_default(explicit: str | Path | None) -> tuple[Path, str]:

@@ -204,31 +204,6 @@ def prepare(text: str, config: Config, corpus_path: str | None = None, vocab: Vo
 
 # -- the loop --------------------------------------------------------------------------------
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors = {}
-    scalars: dict = {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"opt.{idx}.{k}"] = v
-            else:
-                scalars[f"{idx}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    state: dict = {}
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, idx, k = key.split(".", 2)
-            state.setdefault(int(idx), {})[k] = v
-    for key, v in meta["scalars"].items():
-        idx, k = key.split(".", 1)
-        state.setdefault(int(idx), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, resume: bool = False) -> FitResult:
     """Train on ``prep`` and write the best checkpoint (by validation bpc) to ``out``."""
     cb = callbacks or Callbacks()
@@ -252,17 +227,9 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
     best = math.inf
     state = None
     if resume:
-        tensors, st = checkpoint.load_resume(out)
-        from safetensors.torch import load_model
-
-        load_model(model, str(out / checkpoint.RESUME / checkpoint.WEIGHTS))
-        _unflatten_optimizer(opt, tensors, st["optimizer"])
-        torch.set_rng_state(tensors["rng.torch"])
+        st, state = checkpoint.load_resume(out, model, opt)
         step, epoch, window = st["step"], st["epoch"], st["window"]
         elapsed_before, best, batch_size = st["elapsed"], st["best_valid_bpc"], st["batch_size"]
-        carried = sorted((k for k in tensors if k.startswith("state.")), key=lambda k: int(k.split(".")[1]))
-        if carried:
-            state = tuple(tensors[k] for k in carried)
 
     def progress(elapsed: float, ep: float) -> float:
         parts = []
@@ -289,20 +256,9 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
         metrics_file.flush()
 
     def save_resume() -> None:
-        tensors, opt_meta = _flatten_optimizer(opt)
-        tensors["rng.torch"] = torch.get_rng_state()
-        if state is not None:
-            for i, t in enumerate(state):
-                tensors[f"state.{i}"] = t
-        from safetensors.torch import save_model
-
-        (out / checkpoint.RESUME).mkdir(parents=True, exist_ok=True)
-        checkpoint._atomic_write(out / checkpoint.RESUME / checkpoint.WEIGHTS,
-                                 lambda tmp: save_model(model, str(tmp)))
-        checkpoint.save_resume(out, tensors, {
+        checkpoint.save_resume(out, model, opt, state, {
             "step": step, "epoch": epoch, "window": window, "elapsed": elapsed,
-            "best_valid_bpc": best, "batch_size": batch_size, "optimizer": opt_meta,
-            "config": config.to_dict(),
+            "best_valid_bpc": best, "batch_size": batch_size, "config": config.to_dict(),
         })
 
     lines_written = False  # lines.txt is written with the first checkpoint of this run
@@ -395,8 +351,7 @@ def train_corpus(text: str, config: Config, out: str | Path, *, corpus_path: str
     out = Path(out)
     vocab = None
     if resume:
-        _, st = checkpoint.load_resume(out)
-        saved = Config.from_dict(st["config"])
+        saved = Config.from_dict(checkpoint.read_resume(out)["config"])
         # budget options may be extended when resuming; everything else must stay as it was
         for key in ("max_steps", "max_time", "epochs"):
             setattr(saved.train, key, getattr(config.train, key))
