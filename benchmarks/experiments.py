@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from charlm.config import Config, ModelConfig, TrainConfig, parse_duration
-from charlm.data import join_poems, read_corpus
+from charlm.data import read_corpus
 from charlm.model import CharLM
 from charlm.train import fit, prepare
 

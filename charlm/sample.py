@@ -69,7 +69,6 @@ class Result:
         return self.logprob / max(1, self.chars)
 
 
-
 # -- decoding ----------------------------------------------------------------------------------
 
 def _step(model: CharLM, tokens: torch.Tensor, state):
@@ -167,7 +166,7 @@ def beam_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: PoemSp
     texts = ["" for _ in range(W)]
     scores = torch.zeros(W, dtype=torch.float64)
     steps = con.steps_needed()
-    for step in range(steps):
+    for _ in range(steps):
         raw = torch.log_softmax(logits.float(), -1).double()
         allowed = torch.stack([con.mask(s) for s in slots])
         cand = (scores[:, None] + raw).masked_fill(~allowed, -math.inf)  # (W, V)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from charlm import checkpoint
 from charlm.config import Config

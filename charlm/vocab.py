@@ -8,7 +8,6 @@ poem) is 1; the rest follow in order of decreasing frequency in the training tex
 from __future__ import annotations
 
 import json
-import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
