@@ -188,7 +188,8 @@ def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) 
 
 
 def save_resume(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                carried: tuple[torch.Tensor, ...] | None, counters: dict) -> None:
+                carried: tuple[torch.Tensor, ...] | None, counters: dict,
+                extra: dict[str, torch.Tensor] | None = None) -> None:
     """Everything `--resume` needs in <path>/resume/: the latest weights, the optimizer moments,
     torch's RNG state and the carried recurrent state (safetensors), counters and settings (JSON)."""
     r = Path(path) / RESUME
@@ -197,6 +198,8 @@ def save_resume(path: str | Path, model: torch.nn.Module, optimizer: torch.optim
     tensors["rng.torch"] = torch.get_rng_state()
     for i, t in enumerate(carried or ()):
         tensors[f"state.{i}"] = t
+    for k, t in (extra or {}).items():
+        tensors[f"extra.{k}"] = t
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     _atomic_write(r / WEIGHTS, lambda tmp: save_model(unwrap(model), str(tmp)))
     _atomic_write(r / "state.safetensors", lambda tmp: save_file(tensors, str(tmp)))
@@ -215,9 +218,9 @@ def read_resume(path: str | Path) -> dict:
 
 
 def load_resume(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
-                ) -> tuple[dict, tuple[torch.Tensor, ...] | None]:
-    """Restore weights, optimizer and RNG from <path>/resume/; return the counters and the
-    carried recurrent state."""
+                ) -> tuple[dict, tuple[torch.Tensor, ...] | None, dict[str, torch.Tensor]]:
+    """Restore weights, optimizer and RNG from <path>/resume/; return the counters, the carried
+    recurrent state and any extra tensors saved with it (e.g. averaged weights)."""
     state = read_resume(path)
     r = Path(path) / RESUME
     try:
@@ -228,7 +231,8 @@ def load_resume(path: str | Path, model: torch.nn.Module, optimizer: torch.optim
     _unflatten_optimizer(optimizer, tensors, state["optimizer"])
     torch.set_rng_state(tensors["rng.torch"])
     keys = sorted((k for k in tensors if k.startswith("state.")), key=lambda k: int(k.split(".")[1]))
-    return state, tuple(tensors[k] for k in keys) or None
+    extra = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
+    return state, tuple(tensors[k] for k in keys) or None, extra
 
 
 def find_default(explicit: str | Path | None) -> tuple[Path, str]:

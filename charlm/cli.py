@@ -113,6 +113,7 @@ def train(
     valid_fraction: Annotated[float, typer.Option(help="Share of poems held out for validation.")] = _T.valid_fraction,
     min_count: Annotated[int, typer.Option(help="Characters seen fewer times become <unk>.", min=1)] = _T.min_count,
     eval_interval: Annotated[int, typer.Option(help="Validate every this many steps.", min=1)] = _T.eval_interval,
+    ema: Annotated[float, typer.Option(help="Also keep an exponential moving average of the weights with this decay, e.g. 0.998 (0 = off); saved when it validates better.")] = _T.ema,
     precision: Annotated[str, typer.Option(help="auto (bf16 where the CPU supports it), bf16 or fp32.")] = _T.precision,
     encoding: EncodingOpt = _T.encoding,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).", min=1)] = None,
@@ -131,7 +132,7 @@ def train(
                 seq_len=seq_len, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip=clip,
                 warmup_steps=warmup, max_steps=max_steps, epochs=epochs, seed=seed,
                 max_time=parse_duration(max_time) if max_time else None, valid_fraction=valid_fraction,
-                min_count=min_count, eval_interval=eval_interval, precision=precision, encoding=encoding,
+                min_count=min_count, eval_interval=eval_interval, precision=precision, encoding=encoding, ema=ema,
             ),
         )
         if not (max_steps or max_time or epochs):

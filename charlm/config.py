@@ -68,6 +68,7 @@ class TrainConfig:
     valid_fraction: float = 0.05
     min_count: int = 1
     eval_interval: int = 500
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
     precision: str = "auto"
     encoding: str = "utf-8"
 
@@ -85,6 +86,7 @@ class TrainConfig:
         _check(0.0 < self.valid_fraction < 0.5, "--valid-fraction must be in (0, 0.5)")
         _check(self.min_count >= 1, "--min-count must be at least 1")
         _check(self.eval_interval >= 1, "--eval-interval must be at least 1")
+        _check(0.0 <= self.ema < 1.0, "--ema must be in [0, 1) (0 turns averaging off)")
         _check(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
 
 

@@ -11,6 +11,7 @@ toward zero by lr·weight_decay per step; biases and the forget-gate offsets are
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import signal
@@ -225,10 +226,23 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
     step, epoch, window, elapsed_before = 0, 0, 0, 0.0
     best = math.inf
     state = None
+    extra: dict = {}
     if resume:
-        st, state = checkpoint.load_resume(out, model, opt)
+        st, state, extra = checkpoint.load_resume(out, model, opt)
         step, epoch, window = st["step"], st["epoch"], st["window"]
         elapsed_before, best, batch_size = st["elapsed"], st["best_valid_bpc"], st["batch_size"]
+
+    # Weight averaging (Polyak; an exponential moving average): the averaged weights are
+    # validated beside the raw ones and saved when they score better.
+    averaged = None
+    if tc.ema:
+        averaged = copy.deepcopy(model).eval()
+        saved_avg = {k.removeprefix("ema."): v for k, v in extra.items() if k.startswith("ema.")}
+        if saved_avg:
+            with torch.no_grad():
+                for name, p in averaged.named_parameters():
+                    p.copy_(saved_avg[name])
+        avg_params = list(averaged.parameters())
 
     def progress(elapsed: float, ep: float) -> float:
         parts = []
@@ -255,28 +269,35 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
         metrics_file.flush()
 
     def save_resume() -> None:
+        avg = {f"ema.{n}": p for n, p in averaged.named_parameters()} if averaged is not None else None
         checkpoint.save_resume(out, model, opt, state, {
             "step": step, "epoch": epoch, "window": window, "elapsed": elapsed,
             "best_valid_bpc": best, "batch_size": batch_size, "config": config.to_dict(),
-        })
+        }, extra=avg)
 
     lines_written = False  # lines.txt is written with the first checkpoint of this run
 
     def validate() -> float:
-        nonlocal best
+        nonlocal best, lines_written
         s = score(model, prep.valid_ids)
-        nonlocal lines_written
+        record = {"step": step, "valid_loss": s.loss, "valid_bpc": s.bpc}
+        candidate, averaged_better = model, False
+        if averaged is not None:
+            s_avg = score(averaged, prep.valid_ids)
+            record["ema_valid_bpc"] = s_avg.bpc
+            if s_avg.bpc < s.bpc:
+                s, candidate, averaged_better = s_avg, averaged, True
         improved = s.bpc < best
         if improved:
             best = s.bpc
-            checkpoint.save(out, model, config, vocab, corpus=prep.corpus, counts=prep.counts,
+            checkpoint.save(out, candidate, config, vocab, corpus=prep.corpus, counts=prep.counts,
                             lines=None if lines_written else prep.lines, metrics={
                 "step": step, "valid_loss": s.loss, "valid_bpc": s.bpc, "valid_chars": s.chars,
-                "train_bpc": last_bpc, "elapsed_s": round(elapsed, 1), "precision": precision,
+                "averaged_weights": averaged_better, "train_bpc": last_bpc, "elapsed_s": round(elapsed, 1),
+                "precision": precision,
             })
             lines_written = True
-        log({"step": step, "valid_loss": s.loss, "valid_bpc": s.bpc, "best_valid_bpc": best,
-             "elapsed": round(elapsed, 2)})
+        log({**record, "best_valid_bpc": best, "elapsed": round(elapsed, 2)})
         cb.on_valid(ValidEvent(step, s.loss, s.bpc, best, improved), model, vocab)
         return s.bpc
 
@@ -313,6 +334,10 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
                 if tc.clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
                 opt.step()
+                if averaged is not None:  # w̄ ← ema·w̄ + (1 − ema)·w
+                    with torch.no_grad():
+                        for a, p in zip(avg_params, model.parameters()):
+                            a.lerp_(p, 1.0 - tc.ema)
                 state = tuple(s.float() for s in detach_state(new_state))
                 step += 1
                 window += 1
@@ -352,7 +377,7 @@ def train_corpus(text: str, config: Config, out: str | Path, *, corpus_path: str
     if resume:
         saved = Config.from_dict(checkpoint.read_resume(out)["config"])
         # budget options may be extended when resuming; everything else must stay as it was
-        for key in ("max_steps", "max_time", "epochs"):
+        for key in ("max_steps", "max_time", "epochs", "ema"):
             setattr(saved.train, key, getattr(config.train, key))
         config = saved
         best = checkpoint.load(out)

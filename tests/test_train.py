@@ -67,7 +67,7 @@ class _InterruptAt(Callbacks):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-@pytest.mark.parametrize("variant", [{}, {"cell": "gru", "conv_kernel": 3, "residual": True}])
+@pytest.mark.parametrize("variant", [{}, {"cell": "gru", "conv_kernel": 3, "residual": True}, {"ema": 0.9}])
 def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, variant):
     """SIGINT saves a resumable checkpoint; --resume continues with the same data order, RNG
     state (dropout), optimizer moments and carried hidden state, to bit-identical weights."""
@@ -76,7 +76,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, variant):
         c.model.dropout = 0.3
         c.model.num_layers = 2
         for k, v in variant.items():
-            setattr(c.model, k, v)
+            setattr(c.train if k == "ema" else c.model, k, v)
         return c
 
     straight = train_corpus(_text(), cfg(), tmp_path / "a")
@@ -110,3 +110,15 @@ def test_any_text_trains(tmp_path):
     res = train_corpus(prose, tiny_config(max_steps=10), tmp_path / "ck")
     ck = checkpoint.load(tmp_path / "ck")
     assert res.steps == 10 and ck.vocab.script == "none" and "w" in ck.vocab
+
+
+def test_weight_averaging_is_validated_and_kept_when_better(tmp_path):
+    cfg = tiny_config(max_steps=30, eval_interval=10, ema=0.8)
+    train_corpus(_text(), cfg, tmp_path / "ck")
+    records = [json.loads(l) for l in (tmp_path / "ck" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    valid = [r for r in records if "valid_bpc" in r]
+    assert all("ema_valid_bpc" in r for r in valid)
+    best = min(min(r["valid_bpc"], r["ema_valid_bpc"]) for r in valid)
+    ck = checkpoint.load(tmp_path / "ck")
+    assert ck.metrics["valid_bpc"] == pytest.approx(best)
+    assert isinstance(ck.metrics["averaged_weights"], bool)
