@@ -392,8 +392,12 @@ def check_poem(text: str, form: Form | None = None, table: RhymeTable | None = N
                 else:
                     checked += 1
                     agree += want in have
-        rhyme_chars = ends(pattern.rhyme_lines)
+        # The even lines must rhyme; the first line rhymes too when it ends in the same group
+        # (首句入韵) — whether it should have is the tonal pattern's business, not the rhyme's.
+        rhyme_chars = ends(range(1, len(lines), 2))
         rhyme_valid, group = _rhyme(rhyme_chars, table)
+        if rhyme_valid and 0 in pattern.rhyme_lines and lines and group in table.level_groups(lines[0][-1]):
+            rhyme_chars = [lines[0][-1], *rhyme_chars]
         key = (agree, bool(rhyme_valid), -rank)
         if best is None or key > best[0]:
             best = (key, pattern, agree, checked, unknown, rhyme_chars, rhyme_valid, group)
