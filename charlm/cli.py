@@ -228,9 +228,10 @@ def _panel(result, checks, index):
 
     lines = re.findall(r"[^，。？！；]+[，。？！；]?", result.text) or [result.text]
     bits = [f"{result.score:.2f} nats/char"]
-    for key in ("form", "pattern", "rhyme_group"):
-        if checks.get(key):
-            bits.append(checks[key].replace(checks.get("form") or "\0", "").strip() if key == "pattern" else checks[key])
+    pattern = result.pattern or checks.get("pattern")  # the decoder's pattern under --tones
+    for value in (checks.get("form"), pattern, checks.get("rhyme_group")):
+        if value:
+            bits.append(value.replace(checks.get("form") or "\0", "").strip() if value == pattern else value)
     info = Text(" · ".join(b for b in bits if b), style="dim")
     body = Group(*(Align.center(Text(l)) for l in lines), Text(""), Align.center(info))
     return Panel(body, title=f"#{index + 1}", expand=False, padding=(0, 2))
