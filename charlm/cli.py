@@ -286,8 +286,8 @@ def generate(
         if stream:
             sys.stdout.write(("" if started else results[0].text) + "\n")
         elif as_json:
-            poems = [{"text": r.text, "logprob": r.logprob, "score": r.score, "checks": _checks(r.text, spec)}
-                     for r in results]
+            poems = [{"text": r.text, "logprob": r.logprob, "score": r.score, "pattern": r.pattern,
+                      "checks": _checks(r.text, spec)} for r in results]
             print(json.dumps({"checkpoint": str(ckpt.path), "samples": [r.text for r in results], "poems": poems},
                              ensure_ascii=False))
         elif fancy:
