@@ -163,3 +163,29 @@ def test_adaptive_softmax_gives_exact_normalised_log_probabilities(corpus_file, 
     assert r.exit_code == 0 and json.loads(r.stdout)["bpc"] > 0
     r = CliRunner().invoke(app, ["generate", "--checkpoint", str(tmp_path / "ck"), "--seed", "0", "--max-chars", "5"])
     assert r.exit_code == 0 and r.stdout.strip()
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn", "irnn"])
+def test_each_cell_through_the_command_line_as_a_subprocess(cell, corpus_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "charlm", *map(str, args)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, encoding="utf-8", timeout=300)
+
+    out = tmp_path / "ck"
+    r = cli("train", corpus_file, "--out", out, "--cell", cell, "--max-steps", 6, "--embed", 8, "--hidden", 12,
+            "--seq-len", 12, "--batch-size", 4, "--precision", "fp32")
+    assert r.returncode == 0, r.stderr
+    x = torch.randint(0, len(checkpoint.load(out).vocab), (2, 5))
+    assert torch.equal(checkpoint.load(out).model(x)[0], checkpoint.load(out).model(x)[0])
+    r = cli("generate", "--checkpoint", out, "--seed", 2, "--max-chars", 8, "-n", 2, "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["samples"]) == 2
+    r = cli("eval", "--checkpoint", out, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bpc"] > 0
