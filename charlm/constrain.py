@@ -36,7 +36,8 @@ class PoemSpec:
 
     @property
     def constrained(self) -> bool:
-        return bool(self.form or self.acrostic or self.novel)
+        """True when any rule applies (rhyme and tones without a form are refused by PoemConstraint)."""
+        return bool(self.form or self.acrostic or self.novel or self.rhyme or self.rhyme_first or self.tones)
 
 
 @dataclass(frozen=True)

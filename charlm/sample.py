@@ -97,7 +97,7 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
         raise CharLMError("--best-of must be at least 1")
     model.eval()
     B = n * best_of
-    con = PoemConstraint(vocab, spec, table, lines) if spec.constrained or spec.rhyme or spec.tones else None
+    con = PoemConstraint(vocab, spec, table, lines) if spec.constrained else None
     if con is not None:
         starts = con.feed_prompt(prompt)
         pick = torch.randint(len(starts), (B,), generator=generator).tolist()
