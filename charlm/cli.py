@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from charlm.config import Config, ModelConfig, TrainConfig, parse_duration
+from charlm.config import Config, ModelConfig, TrainConfig, parse_duration, parse_unk_alpha
 from charlm.errors import CharLMError
 
 app = typer.Typer(
@@ -113,6 +113,7 @@ def train(
     valid_fraction: Annotated[float, typer.Option(help="Share of poems held out for validation.")] = _T.valid_fraction,
     min_count: Annotated[int, typer.Option(help="Characters seen fewer times become <unk>.", min=1)] = _T.min_count,
     eval_interval: Annotated[int, typer.Option(help="Validate every this many steps.", min=1)] = _T.eval_interval,
+    unk_alpha: Annotated[str, typer.Option(help="Teach the model unseen characters: a character seen c times is read as <unk> with probability F/(F+c). auto matches the Good-Turing estimate of unseen characters; 0 = off.")] = "auto",
     ema: Annotated[float, typer.Option(help="Also keep an exponential moving average of the weights with this decay, e.g. 0.998 (0 = off); saved when it validates better.")] = _T.ema,
     precision: Annotated[str, typer.Option(help="auto (bf16 where the CPU supports it), bf16 or fp32.")] = _T.precision,
     encoding: EncodingOpt = _T.encoding,
@@ -133,6 +134,7 @@ def train(
                 warmup_steps=warmup, max_steps=max_steps, epochs=epochs, seed=seed,
                 max_time=parse_duration(max_time) if max_time else None, valid_fraction=valid_fraction,
                 min_count=min_count, eval_interval=eval_interval, precision=precision, encoding=encoding, ema=ema,
+                unk_alpha=parse_unk_alpha(unk_alpha),
             ),
         )
         if not (max_steps or max_time or epochs):
@@ -365,6 +367,8 @@ def eval_(
     table.add_row("top-1 accuracy", f"{result.accuracy:.2%}")
     table.add_row("characters scored", f"{result.chars:,}")
     table.add_row("unknown characters", f"{result.unknown_chars:,}")
+    if result.unknown_chars:
+        table.add_row("bpc, known characters only", f"{result.known_bpc:.4f}")
     if result.unigram_bpc is not None:
         table.add_row("unigram baseline bpc", f"{result.unigram_bpc:.4f}")
     Console().print(table)

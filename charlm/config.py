@@ -69,6 +69,10 @@ class TrainConfig:
     min_count: int = 1
     eval_interval: int = 500
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
+    # Replace a character seen c times by <unk> with probability unk_alpha / (unk_alpha + c), so
+    # the model learns the cost of unseen characters. None = choose it so the <unk> rate matches
+    # the Good-Turing estimate N1/N (charlm.data.good_turing_alpha); 0 = off.
+    unk_alpha: float | None = None
     precision: str = "auto"
     encoding: str = "utf-8"
 
@@ -86,6 +90,7 @@ class TrainConfig:
         _check(0.0 < self.valid_fraction < 0.5, "--valid-fraction must be in (0, 0.5)")
         _check(self.min_count >= 1, "--min-count must be at least 1")
         _check(self.eval_interval >= 1, "--eval-interval must be at least 1")
+        _check(self.unk_alpha is None or self.unk_alpha >= 0, "--unk-alpha must be 'auto' or a number >= 0")
         _check(0.0 <= self.ema < 1.0, "--ema must be in [0, 1) (0 turns averaging off)")
         _check(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
 
@@ -133,3 +138,17 @@ def parse_duration(text: str) -> float:
     if seconds <= 0:
         raise CharLMError(f"duration {text!r} must be positive")
     return seconds
+
+
+def parse_unk_alpha(text: str) -> float | None:
+    """'auto' → None (Good-Turing), else a number ≥ 0."""
+    t = text.strip().lower()
+    if t == "auto":
+        return None
+    try:
+        value = float(t)
+    except ValueError:
+        raise CharLMError(f"--unk-alpha must be 'auto' or a number >= 0, not {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise CharLMError(f"--unk-alpha must be 'auto' or a number >= 0, not {text!r}")
+    return value

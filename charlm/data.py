@@ -118,15 +118,68 @@ class EpochData:
     windows: int
 
 
+def unk_probabilities(counts: list[int], alpha: float, keep: tuple[int, ...]) -> np.ndarray:
+    """Per vocabulary id, the chance an occurrence is replaced by <unk>: alpha / (alpha + count).
+
+    Word dropout to the unknown token (Kiperwasser & Goldberg 2016): rare characters are replaced
+    most often, so the model learns what "a character I have never seen" costs and what follows
+    one. Ids in ``keep`` (<unk> itself, end of poem) are never replaced.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    p = np.where(c > 0, alpha / np.maximum(alpha + c, 1e-12), 0.0) if alpha > 0 else np.zeros_like(c)
+    p[list(keep)] = 0.0
+    return p
+
+
+def good_turing_alpha(counts: list[int], keep: tuple[int, ...]) -> float:
+    """The alpha whose expected <unk> rate equals the Good-Turing estimate of unseen characters.
+
+    Good-Turing: the probability that the next character is one never seen is about N1 / N, the
+    share of the text made of characters seen exactly once. The expected replacement rate
+    sum_c count_c * alpha / (alpha + count_c) / N grows with alpha, so it is solved by bisection.
+    Returns 0 when no character is seen once (e.g. with --min-count 2, where <unk> is already in
+    the training text).
+    """
+    c = np.asarray(counts, dtype=np.float64).copy()
+    c[list(keep)] = 0.0
+    n = c.sum()
+    n1 = float((c == 1).sum())
+    if n <= 0 or n1 == 0:
+        return 0.0
+    target = n1 / n
+    seen = c[c > 0]
+
+    def rate(a: float) -> float:
+        return float((seen * a / (a + seen)).sum() / n)
+
+    lo, hi = 0.0, 1.0
+    while rate(hi) < target:
+        hi *= 2.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if rate(mid) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
 def epoch_stream(train_ids: list[list[int]], eos_id: int, epoch: int, seed: int,
-                 batch_size: int, seq_len: int) -> EpochData:
-    """The poems in an order fixed by (seed, epoch), joined and laid out in rows."""
+                 batch_size: int, seq_len: int, unk_p: np.ndarray | None = None,
+                 unk_id: int = 0) -> EpochData:
+    """The poems in an order fixed by (seed, epoch), joined and laid out in rows.
+
+    With ``unk_p`` (see unk_probabilities), each occurrence of id i becomes ``unk_id`` with
+    probability unk_p[i], drawn afresh per epoch from (seed, epoch).
+    """
     order = np.random.default_rng([seed, epoch]).permutation(len(train_ids))
     parts = []
     for i in order:
         parts.append(eos_id)
         parts.extend(train_ids[i])
     parts.append(eos_id)
-    stream = torch.tensor(parts, dtype=torch.long)
+    if unk_p is not None and unk_p.any():
+        arr = np.asarray(parts, dtype=np.int64)
+        drop = np.random.default_rng([seed, epoch, 1]).random(arr.size) < unk_p[arr]
+        arr[drop] = unk_id
+        parts = arr
+    stream = torch.as_tensor(parts, dtype=torch.long)
     rows = batchify(stream, batch_size)
     return EpochData(rows, num_windows(rows, seq_len))

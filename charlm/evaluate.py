@@ -27,6 +27,7 @@ class Score:
     correct: int  # targets that were the model's top-1 prediction
     chars: int  # targets scored
     unknown: int  # targets that were <unk>
+    nll_unknown: float = 0.0  # the part of nll spent on <unk> targets
 
     @property
     def loss(self) -> float:
@@ -45,6 +46,7 @@ class EvalResult:
     accuracy: float  # top-1
     chars: int
     unknown_chars: int
+    known_bpc: float  # bpc over in-vocabulary targets only: unseen characters neither help nor hurt
     unigram_bpc: float | None  # add-one unigram model from training counts, for scale
 
     def to_dict(self) -> dict:
@@ -82,18 +84,20 @@ def score(model: CharLM, ids: torch.Tensor, *, rows: int = 32, seq_len: int = 25
     try:
         X, Y = _rows(ids, rows, burn_in)
         state = None
-        nll = 0.0
+        nll = nll_unknown = 0.0
         correct = 0
         for s in range(0, X.size(1), seq_len):
             x, y = X[:, s : s + seq_len], Y[:, s : s + seq_len]
             logits, state = model(x, state)
             flat = logits.reshape(-1, logits.size(-1)).float()
-            nll += F.cross_entropy(flat, y.reshape(-1), ignore_index=IGNORE, reduction="sum").item()
+            each = F.cross_entropy(flat, y.reshape(-1), ignore_index=IGNORE, reduction="none")
+            nll += each.sum().item()
+            nll_unknown += each[y.reshape(-1) == UNK_ID].sum().item()
             mask = y.reshape(-1) != IGNORE
             correct += int((flat.argmax(-1) == y.reshape(-1))[mask].sum())
         chars = int((Y != IGNORE).sum())
         unknown = int((Y == UNK_ID).sum())
-        return Score(nll, correct, chars, unknown)
+        return Score(nll, correct, chars, unknown, nll_unknown)
     finally:
         model.train(was_training)
 
@@ -116,7 +120,9 @@ def evaluate(model: CharLM, vocab: Vocab, text: str, counts: list[int] | None = 
     s = score(model, ids)
     return EvalResult(
         loss=s.loss, bpc=s.bpc, perplexity=math.exp(s.loss), accuracy=s.correct / max(1, s.chars),
-        chars=s.chars, unknown_chars=s.unknown, unigram_bpc=unigram_bpc(counts, ids),
+        chars=s.chars, unknown_chars=s.unknown,
+        known_bpc=(s.nll - s.nll_unknown) / max(1, s.chars - s.unknown) / LN2,
+        unigram_bpc=unigram_bpc(counts, ids),
     )
 
 

@@ -25,11 +25,12 @@ import torch
 
 from charlm import checkpoint
 from charlm.config import Config
-from charlm.data import epoch_stream, get_window, join_poems, poem_lines, sha256_text, split_poems
+from charlm.data import (epoch_stream, get_window, good_turing_alpha, join_poems, poem_lines, sha256_text,
+                         split_poems, unk_probabilities)
 from charlm.errors import CharLMError
 from charlm.evaluate import score
 from charlm.model import CharLM, detach_state
-from charlm.vocab import EOS_ID, Vocab, detect_script, normalize
+from charlm.vocab import EOS_ID, UNK_ID, Vocab, detect_script, normalize
 
 
 # -- events reported to the caller -----------------------------------------------------------
@@ -167,6 +168,7 @@ class Prepared:
     counts: list[int]
     corpus: dict
     lines: set[str]
+    unk_alpha: float = 0.0  # resolved (TrainConfig.unk_alpha None = Good-Turing)
 
 
 def prepare(text: str, config: Config, corpus_path: str | None = None, vocab: Vocab | None = None) -> Prepared:
@@ -191,6 +193,9 @@ def prepare(text: str, config: Config, corpus_path: str | None = None, vocab: Vo
             f"the corpus is too short: its training part has {n_train} characters, fewer than one "
             f"sequence of --seq-len {tc.seq_len} (+1); use a longer text or a smaller --seq-len"
         )
+    keep = (UNK_ID, EOS_ID)
+    unk_alpha = good_turing_alpha(counts, keep) if tc.unk_alpha is None else tc.unk_alpha
+    unk_rate = float((unk_probabilities(counts, unk_alpha, keep) * counts).sum() / max(1, sum(counts)))
     corpus = {
         "path": corpus_path,
         "sha256": sha256_text(text),
@@ -198,8 +203,10 @@ def prepare(text: str, config: Config, corpus_path: str | None = None, vocab: Vo
         "train_poems": len(train_poems),
         "valid_poems": len(valid_poems),
         "script": script,
+        "unk_alpha": unk_alpha,
+        "unk_rate": unk_rate,  # expected share of training characters read as <unk>
     }
-    return Prepared(config, vocab, train_ids, valid_ids, counts, corpus, poem_lines(train_poems))
+    return Prepared(config, vocab, train_ids, valid_ids, counts, corpus, poem_lines(train_poems), unk_alpha)
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -309,13 +316,18 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
     rate = 0.0
     interrupted = None
     last_valid_step = step if resume else -1
-    data = epoch_stream(prep.train_ids, EOS_ID, epoch, tc.seed, batch_size, tc.seq_len)
+    unk_p = unk_probabilities(prep.counts, prep.unk_alpha, (UNK_ID, EOS_ID))
+
+    def stream(ep: int):
+        return epoch_stream(prep.train_ids, EOS_ID, ep, tc.seed, batch_size, tc.seq_len, unk_p, UNK_ID)
+
+    data = stream(epoch)
     try:
         with _catch_signals() as flag:
             while True:
                 if window >= data.windows:
                     epoch, window, state = epoch + 1, 0, None
-                    data = epoch_stream(prep.train_ids, EOS_ID, epoch, tc.seed, batch_size, tc.seq_len)
+                    data = stream(epoch)
                 ep_progress = epoch + window / max(1, data.windows)
                 p = progress(elapsed, ep_progress)
                 if p >= 1.0:

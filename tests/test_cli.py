@@ -65,6 +65,8 @@ def test_traditional_prompt_and_unknown_character_warning(trained):
     (["train", "{short}", "--seq-len", "64"], "too short"),
     (["train", "{corpus}", "--max-time", "soon"], "duration"),
     (["train", "{corpus}", "--dropout", "1.5"], "--dropout"),
+    (["train", "{corpus}", "--unk-alpha", "lots"], "--unk-alpha"),
+    (["train", "{corpus}", "--unk-alpha", "-1"], "--unk-alpha"),
     (["generate", "--checkpoint", "{trained}", "--temperature", "0"], "--temperature"),
     (["generate", "--checkpoint", "{trained}", "--temperature", "-1"], "--temperature"),
     (["generate", "--checkpoint", "{trained}", "--top-p", "0"], "--top-p"),

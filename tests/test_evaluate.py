@@ -31,13 +31,19 @@ def test_metrics_relate_as_defined(trained):
     assert r.bpc == pytest.approx(r.loss / math.log(2))
     assert r.perplexity == pytest.approx(math.exp(r.loss))
     assert 0 <= r.accuracy <= 1 and r.chars == sum(len(p) + 1 for p in POEMS[:4])
-    assert r.unknown_chars == 0 and r.unigram_bpc is not None
+    assert r.unknown_chars == 0 and r.unigram_bpc is not None and r.known_bpc == pytest.approx(r.bpc)
 
 
 def test_unknown_characters_are_counted(trained):
     ck = checkpoint.load(trained)
     r = evaluate(ck.model, ck.vocab, "龘龘春\n", ck.counts)
     assert r.unknown_chars == 2 and r.chars == 4
+    # known_bpc leaves the two unknown targets out: it is the bpc of "春" and the newline alone
+    ids = torch.tensor(ck.vocab.encode("\n龘龘春\n"))
+    with torch.no_grad():
+        logp = torch.log_softmax(ck.model(ids[:-1].unsqueeze(0))[0].float(), -1)[0]
+    known = -(logp[2, ids[3]] + logp[3, ids[4]]).item() / 2 / math.log(2)
+    assert r.known_bpc == pytest.approx(known, rel=1e-4)
 
 
 def test_unigram_baseline():
