@@ -108,7 +108,9 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
         try:
-            return cls(model=_build(ModelConfig, data["model"]), train=_build(TrainConfig, data["train"]))
+            train = dict(data["train"])
+            train.setdefault("unk_alpha", 0.0)  # written before --unk-alpha existed: trained without it
+            return cls(model=_build(ModelConfig, data["model"]), train=_build(TrainConfig, train))
         except (KeyError, TypeError) as e:
             raise CharLMError(f"config is malformed ({e})") from None
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from charlm.checkpoint import load
-from charlm.config import parse_unk_alpha
+from charlm.config import Config, parse_unk_alpha
 from charlm.data import epoch_stream, good_turing_alpha, unk_probabilities
 from charlm.errors import CharLMError
 from charlm.evaluate import score
@@ -56,6 +56,13 @@ def test_replacement_is_fixed_by_seed_and_epoch_and_touches_only_rare_ids():
     assert set(plain[changed].tolist()) == {5} and set(a[changed].tolist()) == {UNK_ID}
     share = changed.sum().item() / (plain == 5).sum().item()
     assert 0.25 < share < 0.35  # 2,000 draws of p = 0.3
+
+
+def test_configs_written_before_the_option_resume_without_replacement():
+    data = Config().to_dict()
+    assert data["train"]["unk_alpha"] is None and Config.from_dict(data).train.unk_alpha is None
+    del data["train"]["unk_alpha"]
+    assert Config.from_dict(data).train.unk_alpha == 0.0
 
 
 def test_parse_unk_alpha():
