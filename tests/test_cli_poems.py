@@ -91,3 +91,15 @@ def test_shipped_eval_generate_is_valid():
     s = json.loads(r.stdout)["summary"]
     assert s["form_valid"] == 1.0 and s["rhyme_valid"] == 1.0 and s["tone_agreement"] == 1.0
     assert s["copy_rate"] == 0.0
+
+
+@shipped
+def test_shipped_model_reproduces_its_card_on_its_own_split():
+    # the checkpoint's recorded validation bpc, rebuilt from corpora/ by `charlm eval`, meets the
+    # project's target of 6.6 bits per character
+    card = json.loads((shipped_checkpoint() / "config.json").read_text(encoding="utf-8"))["metrics"]
+    r = run("eval", "--checkpoint", shipped_checkpoint(), "--json")
+    assert r.exit_code == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["bpc"] == pytest.approx(card["valid_bpc"], abs=1e-3) and m["chars"] == card["valid_chars"]
+    assert m["bpc"] <= 6.6 and m["unknown_chars"] == 56
