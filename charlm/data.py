@@ -126,7 +126,7 @@ def unk_probabilities(counts: list[int], alpha: float, keep: tuple[int, ...]) ->
     one. Ids in ``keep`` (<unk> itself, end of poem) are never replaced.
     """
     c = np.asarray(counts, dtype=np.float64)
-    p = np.where(c > 0, alpha / np.maximum(alpha + c, 1e-12), 0.0) if alpha > 0 else np.zeros_like(c)
+    p = np.where(c > 0, alpha / (alpha + c), 0.0) if alpha > 0 else np.zeros_like(c)
     p[list(keep)] = 0.0
     return p
 

@@ -90,11 +90,11 @@ def score(model: CharLM, ids: torch.Tensor, *, rows: int = 32, seq_len: int = 25
             x, y = X[:, s : s + seq_len], Y[:, s : s + seq_len]
             logits, state = model(x, state)
             flat = logits.reshape(-1, logits.size(-1)).float()
-            each = F.cross_entropy(flat, y.reshape(-1), ignore_index=IGNORE, reduction="none")
+            target = y.reshape(-1)
+            each = F.cross_entropy(flat, target, ignore_index=IGNORE, reduction="none")
             nll += each.sum().item()
-            nll_unknown += each[y.reshape(-1) == UNK_ID].sum().item()
-            mask = y.reshape(-1) != IGNORE
-            correct += int((flat.argmax(-1) == y.reshape(-1))[mask].sum())
+            nll_unknown += each[target == UNK_ID].sum().item()
+            correct += int((flat.argmax(-1) == target)[target != IGNORE].sum())
         chars = int((Y != IGNORE).sum())
         unknown = int((Y == UNK_ID).sum())
         return Score(nll, correct, chars, unknown, nll_unknown)

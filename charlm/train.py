@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from charlm import checkpoint
@@ -168,7 +169,7 @@ class Prepared:
     counts: list[int]
     corpus: dict
     lines: set[str]
-    unk_alpha: float = 0.0  # resolved (TrainConfig.unk_alpha None = Good-Turing)
+    unk_p: np.ndarray | None = None  # per id, the chance an occurrence is read as <unk> (data.unk_probabilities)
 
 
 def prepare(text: str, config: Config, corpus_path: str | None = None, vocab: Vocab | None = None) -> Prepared:
@@ -195,7 +196,7 @@ def prepare(text: str, config: Config, corpus_path: str | None = None, vocab: Vo
         )
     keep = (UNK_ID, EOS_ID)
     unk_alpha = good_turing_alpha(counts, keep) if tc.unk_alpha is None else tc.unk_alpha
-    unk_rate = float((unk_probabilities(counts, unk_alpha, keep) * counts).sum() / max(1, sum(counts)))
+    unk_p = unk_probabilities(counts, unk_alpha, keep)
     corpus = {
         "path": corpus_path,
         "sha256": sha256_text(text),
@@ -204,9 +205,9 @@ def prepare(text: str, config: Config, corpus_path: str | None = None, vocab: Vo
         "valid_poems": len(valid_poems),
         "script": script,
         "unk_alpha": unk_alpha,
-        "unk_rate": unk_rate,  # expected share of training characters read as <unk>
+        "unk_rate": float((unk_p * counts).sum() / max(1, sum(counts))),  # expected share read as <unk>
     }
-    return Prepared(config, vocab, train_ids, valid_ids, counts, corpus, poem_lines(train_poems), unk_alpha)
+    return Prepared(config, vocab, train_ids, valid_ids, counts, corpus, poem_lines(train_poems), unk_p)
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -316,10 +317,9 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
     rate = 0.0
     interrupted = None
     last_valid_step = step if resume else -1
-    unk_p = unk_probabilities(prep.counts, prep.unk_alpha, (UNK_ID, EOS_ID))
 
     def stream(ep: int):
-        return epoch_stream(prep.train_ids, EOS_ID, ep, tc.seed, batch_size, tc.seq_len, unk_p, UNK_ID)
+        return epoch_stream(prep.train_ids, EOS_ID, ep, tc.seed, batch_size, tc.seq_len, prep.unk_p, UNK_ID)
 
     data = stream(epoch)
     try:
