@@ -1,14 +1,26 @@
 """The only module that knows the checkpoint format on disk.
 
-    <dir>/model.safetensors   weights; metadata {"format": "charlm", "format_version": "1"}
-    <dir>/vocab.json          the vocabulary (charlm.vocab)
-    <dir>/config.json         {"format_version": 1, "config": {...}, "metrics": {...},
-                               "corpus": {...}, "versions": {...}}   — written last
-    <dir>/resume/             optimizer, RNG and data position for `charlm train --resume`
+A training run's output directory::
 
-Nothing is unpickled: weights are safetensors, everything else JSON. Each file is written under
-a temporary name and moved into place with os.replace, config.json last, so its presence marks
-a complete checkpoint and a crash mid-save leaves the previous one intact.
+    <out>/best -> .best.<token>/    the best checkpoint so far (a symbolic link to one unit)
+        model.safetensors   weights; metadata {"format": "charlm", "format_version": "1"}
+        vocab.json          the vocabulary (charlm.vocab) with its training-text counts
+        lines.txt           the training text's lines, for --novel and copy rates
+        config.json         {"format_version": 1, "config": {...}, "metrics": {...},
+                             "corpus": {...}, "versions": {...}}
+    <out>/resume -> .resume.<token>/  everything `charlm train --resume` needs
+        model.safetensors   the latest weights
+        state.safetensors   optimizer moments, RNG state, carried recurrent state, averaged weights
+        state.json          counters, budget and settings (charlm.train.TrainState)
+        vocab.json          the vocabulary, so a run can resume before its first checkpoint
+    <out>/metrics.jsonl     the run's log, one JSON record a line
+    <out>/.lock             held (flock) by the one process training into <out>
+
+Each unit is written whole into a fresh directory, every file and the directory fsynced, and
+then switched in by renaming a new symbolic link over the old one (one atomic rename), so a
+crash at any moment leaves either the previous unit or the new one, never a mix. A checkpoint
+directory may also hold the files of a unit directly (the shipped models do); ``load`` reads both.
+Nothing is unpickled: weights are safetensors, everything else JSON.
 """
 
 from __future__ import annotations
@@ -16,9 +28,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import fcntl
+import shutil
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -31,13 +48,20 @@ from charlm.model import CharLM
 from charlm.vocab import Vocab
 
 FORMAT_VERSION = 1
+RESUME_FORMAT_VERSION = 2  # 1: a plain resume/ directory of charlm 0.1 (not resumable by this one)
 WEIGHTS = "model.safetensors"
 VOCAB = "vocab.json"
 CONFIG = "config.json"
 LINES = "lines.txt"
+BEST = "best"
 RESUME = "resume"
+METRICS = "metrics.jsonl"
+LOCK = ".lock"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# Test-only: seconds to pause inside every unit write, after its files and before the switch,
+# so a test can kill a process in the middle of a save.
+_SLOW_SAVE_ENV = "CHARLM_TEST_SLOW_SAVE"
 
 
 @dataclass
@@ -52,24 +76,112 @@ class Checkpoint:
     lines: set[str] | None = None  # the training text's lines (clauses), for --novel and copy rates
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then move tmp_path over path."""
+    """Call write(tmp_path), then move tmp_path over path (fsynced first)."""
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        _fsync(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _write_json(path: Path, data: dict) -> None:
-    def write(tmp: Path) -> None:
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+def _disk_error(what: str, where: Path, e: OSError) -> CharLMError:
+    reason = e.strerror or str(e)
+    return CharLMError(f"could not write the {what} in {str(where)!r} ({reason}); "
+                       f"the last complete one there is kept")
 
-    _atomic_write(path, write)
+
+def write_unit(root: Path, name: str, fill: Callable[[Path], None], *, keep_previous: bool = False) -> Path:
+    """Write a directory unit and switch ``root/name`` to it with one atomic rename.
+
+    ``fill(d)`` writes the unit's files into the fresh directory d. Every file and d are fsynced,
+    a new symbolic link to d is renamed over ``root/name``, and root is fsynced: a crash at any
+    point leaves the old unit or the new one. Units no longer linked are removed afterwards, except
+    the one just replaced when ``keep_previous`` (a reader that resolved the link a moment ago can
+    still finish reading it). Returns root/name.
+    """
+    unit = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        os.chmod(unit, 0o777 & ~_UMASK)
+        fill(unit)
+        for f in unit.iterdir():
+            _fsync(f)
+        _fsync(unit)
+        pause = os.environ.get(_SLOW_SAVE_ENV)
+        if pause:
+            time.sleep(float(pause))
+        link = root / f".{name}.link.tmp"
+        link.unlink(missing_ok=True)
+        os.symlink(unit.name, link)
+        target = root / name
+        if target.is_dir() and not target.is_symlink():
+            # a unit written by an older charlm as a plain directory: move it aside first
+            os.replace(target, tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+        previous = _link_target(root, name)
+        os.replace(link, target)
+        _fsync(root)
+    except OSError as e:
+        shutil.rmtree(unit, ignore_errors=True)
+        raise _disk_error("best checkpoint" if name == BEST else "resume state", root, e) from None
+    except BaseException:
+        shutil.rmtree(unit, ignore_errors=True)
+        raise
+    remove_stale(root, keep=(previous,) if keep_previous else ())
+    return target
+
+
+def _link_target(root: Path, name: str) -> str | None:
+    try:
+        return os.readlink(root / name)
+    except OSError:
+        return None
+
+
+def remove_stale(root: Path, keep: tuple[str | None, ...] = ()) -> None:
+    """Remove what an interrupted save leaves in a run directory: temporary files and units that
+    no link points to (keeping those named in ``keep``)."""
+    if not root.is_dir():
+        return
+    live = {_link_target(root, BEST), _link_target(root, RESUME), *keep}
+    for entry in root.iterdir():
+        n = entry.name
+        if n.endswith(".tmp") and n.startswith("."):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        elif (n.startswith(f".{BEST}.") or n.startswith(f".{RESUME}.")) and n not in live:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def unit_dir(path: Path, name: str = BEST) -> Path:
+    """The directory holding a unit's files: the unit ``path/name`` links to, if there is one,
+    else ``path`` itself (a checkpoint written flat, like the shipped models). The link is
+    resolved once, so all files are read from one unit even while a trainer switches it."""
+    target = _link_target(path, name)
+    if target is None:  # a plain directory (a copy that followed the link, an older charlm) or flat files
+        return path / name if name == RESUME or (path / name).is_dir() else path
+    if "/" in target or target in ("", ".", ".."):
+        raise CharLMError(f"checkpoint {str(path)!r} is damaged: {name} points outside the checkpoint")
+    return path / target
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=1, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def versions() -> dict:
@@ -80,27 +192,37 @@ def unwrap(model: torch.nn.Module) -> CharLM:
     return getattr(model, "_orig_mod", model)
 
 
+def _vocab_data(vocab: Vocab, counts: list[int] | None) -> dict:
+    data = vocab.to_dict()
+    if counts is not None:
+        data["counts"] = counts
+    return data
+
+
 def save(path: str | Path, model: CharLM, config: Config, vocab: Vocab, *, metrics: dict | None = None,
-         corpus: dict | None = None, counts: list[int] | None = None, lines: set[str] | None = None) -> Path:
+         corpus: dict | None = None, counts: list[int] | None = None, lines: set[str] | str | None = None) -> Path:
+    """Write a checkpoint unit and make it ``path``'s best. ``lines`` may be pre-rendered
+    (render_lines) when the same lines are saved many times."""
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
     model = unwrap(model)
     meta = {"format": "charlm", "format_version": str(FORMAT_VERSION)}
-    # save_model handles the tied embedding/output weight (save_file refuses shared tensors).
-    _atomic_write(p / WEIGHTS, lambda tmp: save_model(model, str(tmp), metadata=meta))
-    vocab_data = vocab.to_dict()
-    if counts is not None:
-        vocab_data["counts"] = counts
-    _write_json(p / VOCAB, vocab_data)
-    if lines is not None:
-        save_lines(p, lines)
-    _write_json(p / CONFIG, {
-        "format_version": FORMAT_VERSION,
-        "config": config.to_dict(),
-        "metrics": metrics or {},
-        "corpus": corpus or {},
-        "versions": versions(),
-    })
+
+    def fill(d: Path) -> None:
+        # save_model handles the tied embedding/output weight (save_file refuses shared tensors).
+        save_model(model, str(d / WEIGHTS), metadata=meta)
+        _write_json(d / VOCAB, _vocab_data(vocab, counts))
+        if lines is not None:
+            (d / LINES).write_text(lines if isinstance(lines, str) else render_lines(lines), encoding="utf-8")
+        _write_json(d / CONFIG, {
+            "format_version": FORMAT_VERSION,
+            "config": config.to_dict(),
+            "metrics": metrics or {},
+            "corpus": corpus or {},
+            "versions": versions(),
+        })
+
+    write_unit(p, BEST, fill, keep_previous=True)
     return p
 
 
@@ -114,7 +236,16 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def is_checkpoint(path: Path) -> bool:
-    return (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
+    try:
+        d = unit_dir(path)
+    except CharLMError:
+        return True  # damaged, but a checkpoint: loading it says what is wrong
+    return (d / CONFIG).is_file() and (d / WEIGHTS).is_file()
+
+
+def config_path(path: Path) -> Path:
+    """The config.json of the checkpoint at ``path`` (its mtime says when it was saved)."""
+    return unit_dir(path) / CONFIG
 
 
 def load(path: str | Path) -> Checkpoint:
@@ -123,23 +254,26 @@ def load(path: str | Path) -> Checkpoint:
         raise CharLMError(f"checkpoint {str(p)!r} does not exist")
     if not p.is_dir():
         raise CharLMError(f"checkpoint {str(p)!r} is not a directory (a checkpoint is a folder with {CONFIG})")
-    meta = _read_json(p / CONFIG, "config.json")
+    d = unit_dir(p)  # the files of one unit, however often a trainer switches it meanwhile
+    if not d.is_dir():
+        raise CharLMError(f"checkpoint {str(p)!r} is damaged: its {BEST} link points to nothing")
+    meta = _read_json(d / CONFIG, "config.json")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CharLMError(
             f"checkpoint {str(p)!r} has format version {version!r}; this charlm reads version {FORMAT_VERSION}"
         )
     config = Config.from_dict(meta.get("config", {}))
-    vocab_data = _read_json(p / VOCAB, "vocab.json")
+    vocab_data = _read_json(d / VOCAB, "vocab.json")
     vocab = Vocab.from_dict(vocab_data)
     if config.model.vocab_size != len(vocab):
         raise CharLMError(f"checkpoint {str(p)!r} is inconsistent: config says {config.model.vocab_size} "
                           f"characters, vocabulary has {len(vocab)}")
     model = CharLM(config.model)
-    if not (p / WEIGHTS).is_file():
+    if not (d / WEIGHTS).is_file():
         raise CharLMError(f"checkpoint {str(p)!r} has no {WEIGHTS}")
     try:
-        missing, unexpected = load_model(model, str(p / WEIGHTS), strict=False)
+        missing, unexpected = load_model(model, str(d / WEIGHTS), strict=False)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise CharLMError(f"checkpoint {str(p)!r} has corrupt weights ({str(e).splitlines()[0]})") from None
     if missing or unexpected:
@@ -147,17 +281,16 @@ def load(path: str | Path) -> Checkpoint:
                           f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
     model.eval()
     lines = None
-    if (p / LINES).is_file():
-        lines = set((p / LINES).read_text(encoding="utf-8").split("\n")) - {""}
+    if (d / LINES).is_file():
+        lines = set((d / LINES).read_text(encoding="utf-8").split("\n")) - {""}
     return Checkpoint(model, config, vocab, p, meta.get("metrics", {}), meta.get("corpus", {}),
                       vocab_data.get("counts"), lines)
 
 
-def save_lines(path: str | Path, lines: set[str]) -> None:
-    """The training text's lines, sorted, one per line (UTF-8): what --novel and the copy rate
-    check generated lines against, without needing the corpus file."""
-    text = "\n".join(sorted(lines)) + "\n"
-    _atomic_write(Path(path) / LINES, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def render_lines(lines: set[str]) -> str:
+    """The training text's lines, sorted, one per line: what --novel and the copy rate check
+    generated lines against, without needing the corpus file."""
+    return "\n".join(sorted(lines)) + "\n"
 
 
 # -- resumable training state ----------------------------------------------------------------
@@ -187,52 +320,109 @@ def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) 
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def read_metrics(path: str | Path) -> dict:
+    """The metrics recorded with the best checkpoint at ``path`` ({} when there are none)."""
+    try:
+        meta = _read_json(config_path(Path(path)), "config.json")
+    except CharLMError:
+        return {}
+    metrics = meta.get("metrics") if isinstance(meta, dict) else None
+    return metrics if isinstance(metrics, dict) else {}
+
+
 def save_resume(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                carried: tuple[torch.Tensor, ...] | None, counters: dict,
-                extra: dict[str, torch.Tensor] | None = None) -> None:
-    """Everything `--resume` needs in <path>/resume/: the latest weights, the optimizer moments,
-    torch's RNG state and the carried recurrent state (safetensors), counters and settings (JSON)."""
-    r = Path(path) / RESUME
-    r.mkdir(parents=True, exist_ok=True)
-    tensors, opt_meta = _flatten_optimizer(optimizer)
-    tensors["rng.torch"] = torch.get_rng_state()
-    for i, t in enumerate(carried or ()):
-        tensors[f"state.{i}"] = t
-    for k, t in (extra or {}).items():
-        tensors[f"extra.{k}"] = t
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(r / WEIGHTS, lambda tmp: save_model(unwrap(model), str(tmp)))
-    _atomic_write(r / "state.safetensors", lambda tmp: save_file(tensors, str(tmp)))
-    _write_json(r / "state.json", {"format_version": FORMAT_VERSION, **counters, "optimizer": opt_meta})
+                counters: dict, tensors: dict[str, torch.Tensor], vocab: Vocab, counts: list[int] | None) -> None:
+    """Write the resume unit <path>/resume: the latest weights, the optimizer moments and the
+    caller's tensors (safetensors); the counters and settings (JSON); the vocabulary."""
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+    all_tensors = {**opt_tensors, **{f"run.{k}": t for k, t in tensors.items()}}
+    all_tensors = {k: v.detach().contiguous().cpu() for k, v in all_tensors.items()}
+
+    def fill(d: Path) -> None:
+        save_model(unwrap(model), str(d / WEIGHTS))
+        save_file(all_tensors, str(d / "state.safetensors"))
+        _write_json(d / VOCAB, _vocab_data(vocab, counts))
+        _write_json(d / "state.json", {"format_version": RESUME_FORMAT_VERSION, **counters, "optimizer": opt_meta})
+
+    write_unit(Path(path), RESUME, fill)
+
+
+def has_resume(path: str | Path) -> bool:
+    return (unit_dir(Path(path), RESUME) / "state.json").is_file()
 
 
 def read_resume(path: str | Path) -> dict:
     """The counters and settings of a resumable run (no tensors)."""
-    r = Path(path) / RESUME
+    r = unit_dir(Path(path), RESUME)
     if not (r / "state.json").is_file():
         raise CharLMError(f"nothing to resume in {str(path)!r} (no {RESUME}/state.json)")
     state = _read_json(r / "state.json", "resume state")
-    if state.get("format_version") != FORMAT_VERSION:
-        raise CharLMError(f"resume state in {str(path)!r} has an unsupported format version")
+    if not isinstance(state, dict) or state.get("format_version") != RESUME_FORMAT_VERSION:
+        raise CharLMError(f"the resume state in {str(path)!r} was written by another version of charlm "
+                          f"(format {state.get('format_version') if isinstance(state, dict) else None!r}, "
+                          f"this one reads {RESUME_FORMAT_VERSION}) and cannot be resumed")
     return state
 
 
+def read_resume_vocab(path: str | Path) -> tuple[Vocab, list[int] | None]:
+    """The vocabulary a resumable run was trained with (older runs kept it only in best/)."""
+    r = unit_dir(Path(path), RESUME)
+    source = r / VOCAB if (r / VOCAB).is_file() else unit_dir(Path(path)) / VOCAB
+    data = _read_json(source, "vocab.json")
+    return Vocab.from_dict(data), data.get("counts")
+
+
 def load_resume(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
-                ) -> tuple[dict, tuple[torch.Tensor, ...] | None, dict[str, torch.Tensor]]:
-    """Restore weights, optimizer and RNG from <path>/resume/; return the counters, the carried
-    recurrent state and any extra tensors saved with it (e.g. averaged weights)."""
+                ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore weights and optimizer from <path>/resume; return the counters and the caller's
+    tensors saved with them."""
     state = read_resume(path)
-    r = Path(path) / RESUME
+    r = unit_dir(Path(path), RESUME)
     try:
         tensors = load_file(str(r / "state.safetensors"))
         load_model(unwrap(model), str(r / WEIGHTS))
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise CharLMError(f"resume state in {str(path)!r} is corrupt ({str(e).splitlines()[0]})") from None
-    _unflatten_optimizer(optimizer, tensors, state["optimizer"])
-    torch.set_rng_state(tensors["rng.torch"])
-    keys = sorted((k for k in tensors if k.startswith("state.")), key=lambda k: int(k.split(".")[1]))
-    extra = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
-    return state, tuple(tensors[k] for k in keys) or None, extra
+        _unflatten_optimizer(optimizer, tensors, state["optimizer"])
+    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CharLMError(f"resume state in {str(path)!r} is corrupt ({first})") from None
+    return state, {k.removeprefix("run."): v for k, v in tensors.items() if k.startswith("run.")}
+
+
+def clear_run(path: Path) -> None:
+    """Remove a previous run's checkpoint, resume state and log from ``path`` (--overwrite)."""
+    for name in (BEST, RESUME):
+        target = path / name
+        if target.is_symlink():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+    for name in (CONFIG, WEIGHTS, VOCAB, LINES, METRICS):  # a checkpoint written flat, and the log
+        (path / name).unlink(missing_ok=True)
+    remove_stale(path)
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold <path>/.lock (flock) for a training run: one writer per output directory. A second
+    run is refused with a sentence naming the process that holds the lock."""
+    lock = path / LOCK
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as e:
+        raise CharLMError(f"cannot write to {str(path)!r} ({e.strerror or e})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            who = f"process {holder}" if holder.isdigit() else "another process"
+            raise CharLMError(f"another charlm train ({who}) is writing to {str(path)!r}; wait for it to "
+                              f"finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def find_default(explicit: str | Path | None) -> tuple[Path, str]:
@@ -244,7 +434,7 @@ def find_default(explicit: str | Path | None) -> tuple[Path, str]:
     if local.is_dir():
         found = [d for d in local.iterdir() if d.is_dir() and is_checkpoint(d)]
         if found:
-            newest = max(found, key=lambda d: (d / CONFIG).stat().st_mtime)
+            newest = max(found, key=lambda d: config_path(d).stat().st_mtime)
             return newest, "newest under ./checkpoints/"
     shipped = shipped_checkpoint()
     if is_checkpoint(shipped):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,8 +17,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from charlm.config import Config, ModelConfig, TrainConfig, parse_duration, parse_unk_alpha
+from charlm.config import DEFAULT_EPOCHS, SEED_MAX, Config, ModelConfig, TrainConfig, parse_duration, parse_unk_alpha
 from charlm.errors import CharLMError
 
 app = typer.Typer(
@@ -50,49 +52,96 @@ def _load(checkpoint_dir: Optional[Path]):
 # -- train -------------------------------------------------------------------------------------
 
 class _Display:
-    """Rich live display for the trainer's callbacks."""
+    """Rich live display for the trainer's callbacks. A terminal that goes away (closed stderr,
+    a hung-up ssh session) silences the display; training goes on and saves as usual."""
 
     def __init__(self, progress: Progress, sample_seed: int) -> None:
         self.progress = progress
         self.task = progress.add_task("training", total=1000, stats="")
         self.sample_seed = sample_seed
-        self.valid: list[tuple[int, float]] = []
+        self.alive = True
+
+    def _show(self, show) -> None:
+        if not self.alive:
+            return
+        try:
+            show()
+        except (OSError, ValueError):  # the stream is closed: keep training without a display
+            self.alive = False
 
     def on_start(self, info) -> None:
         resumed = f", resumed at step {info.resumed_from}" if info.resumed_from else ""
-        self.progress.console.print(
+        self._show(lambda: self.progress.console.print(Text(
             f"corpus {info.corpus_chars:,} characters: {info.train_poems:,} training / {info.valid_poems:,} "
             f"validation lines; vocabulary {info.vocab_size:,}; {info.parameters:,} parameters; "
-            f"{info.precision}; batch {info.batch_size}{resumed}", soft_wrap=True)
+            f"{info.precision}; batch {info.batch_size}{resumed}"), soft_wrap=True))
 
     def on_step(self, e) -> None:
-        self.progress.update(
+        self._show(lambda: self.progress.update(
             self.task, completed=min(1000, int(e.progress * 1000)), description=f"step {e.step}",
             stats=f"loss {e.loss:.2f} bpc {e.bpc:.2f} {e.chars_per_sec / 1000:.1f}k char/s lr {e.lr:.0e}",
-        )
+        ))
 
     def on_valid(self, e, model, vocab) -> None:
         import torch
 
         from charlm.sample import SampleSettings, generate
 
-        self.valid.append((e.step, e.valid_bpc))
+        if not self.alive:
+            return
         g = torch.Generator().manual_seed(self.sample_seed)
-        sample = generate(model, vocab, settings=SampleSettings(temperature=0.8, max_chars=64), generator=g)
-        model.train()
-        mark = " [green]best[/]" if e.improved else ""
-        self.progress.console.print(f"step {e.step}: validation bpc [bold]{e.valid_bpc:.3f}[/]{mark}  {sample}",
-                                    soft_wrap=True)
+        try:
+            sample = generate(model, vocab, settings=SampleSettings(temperature=0.8, max_chars=64), generator=g)
+        except CharLMError as failure:  # e.g. weights gone non-finite: the trainer will say so
+            sample = f"(no sample: {failure})"
+        line = Text(f"step {e.step}: validation bpc ")
+        line.append(f"{e.valid_bpc:.3f}", style="bold")
+        if e.improved:
+            line.append(" best", style="green")
+        line.append("  " + printable(sample))
+        self._show(lambda: self.progress.console.print(line, soft_wrap=True))
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (other than tab) written as escapes, so nothing a file or a
+    model holds can move the cursor or recolour the terminal."""
+    return "".join(c if c == "\t" or (c.isprintable() or c == " ") else repr(c)[1:-1] for c in text)
+
+
+# Each training option and the configuration field it sets: what --resume compares and keeps.
+TRAIN_FIELDS = {
+    "embed": "model.embed_dim", "hidden": "model.hidden_size", "layers": "model.num_layers",
+    "dropout": "model.dropout", "tie": "model.tie_weights", "cell": "model.cell",
+    "conv_kernel": "model.conv_kernel", "residual": "model.residual", "embed_dropout": "model.embed_dropout",
+    "locked_dropout": "model.locked_dropout", "softmax": "model.softmax",
+    "seq_len": "train.seq_len", "batch_size": "train.batch_size", "lr": "train.lr",
+    "weight_decay": "train.weight_decay", "clip": "train.clip", "warmup": "train.warmup_steps",
+    "valid_fraction": "train.valid_fraction", "min_count": "train.min_count",
+    "eval_interval": "train.eval_interval", "save_every": "train.save_every", "unk_alpha": "train.unk_alpha",
+    "ema": "train.ema", "precision": "train.precision", "encoding": "train.encoding",
+    "max_steps": "train.max_steps", "max_time": "train.max_time", "epochs": "train.epochs", "seed": "train.seed",
+}
+
+
+def _given_options(ctx: typer.Context) -> dict[str, str]:
+    """The configuration fields the user set on the command line, each with its flag."""
+    given = {}
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)  # an enum: COMMANDLINE, ENVIRONMENT, DEFAULT, ...
+        if param.name in TRAIN_FIELDS and source is not None and source.name != "DEFAULT":
+            given[TRAIN_FIELDS[param.name]] = max(param.opts, key=len)
+    return given
 
 
 @app.command()
 def train(
+    ctx: typer.Context,
     corpus: Annotated[Path, typer.Argument(help="A UTF-8 text file; one poem (or paragraph) per line.")],
     out: Annotated[Optional[Path], typer.Option(help="Checkpoint directory. Default: checkpoints/<corpus stem>.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.", min=1)] = None,
-    max_time: Annotated[Optional[str], typer.Option(help="Stop after this long: 90s, 10m, 1h.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Stop after this many passes (default 10 when no budget is given).", min=1)] = None,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation, data order, dropout and the split.")] = _T.seed,
+    max_time: Annotated[Optional[str], typer.Option(help="Stop after this much training time in all: 90s, 10m, 1h.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=f"Stop after this many passes (default {DEFAULT_EPOCHS} when no budget is given).", min=1)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation, data order, dropout and the split.", min=0, max=SEED_MAX)] = _T.seed,
     embed: Annotated[int, typer.Option(help="Embedding size.", min=1)] = _M.embed_dim,
     hidden: Annotated[int, typer.Option(help="LSTM hidden size.", min=1)] = _M.hidden_size,
     layers: Annotated[int, typer.Option(help="Number of stacked LSTM layers.", min=1)] = _M.num_layers,
@@ -112,19 +161,27 @@ def train(
     warmup: Annotated[int, typer.Option(help="Learning-rate warmup steps.", min=0)] = _T.warmup_steps,
     valid_fraction: Annotated[float, typer.Option(help="Share of poems held out for validation.")] = _T.valid_fraction,
     min_count: Annotated[int, typer.Option(help="Characters seen fewer times become <unk>.", min=1)] = _T.min_count,
-    eval_interval: Annotated[int, typer.Option(help="Validate every this many steps.", min=1)] = _T.eval_interval,
+    eval_interval: Annotated[int, typer.Option(help="Validate (and save the resume state) every this many steps.", min=1)] = _T.eval_interval,
+    save_every: Annotated[float, typer.Option(help="Also save the resume state at least this often, in minutes.")] = _T.save_every,
     unk_alpha: Annotated[str, typer.Option(help="Teach the model unseen characters: a character seen c times is read as <unk> with probability F/(F+c). auto matches the Good-Turing estimate of unseen characters; 0 = off.")] = "auto",
     ema: Annotated[float, typer.Option(help="Also keep an exponential moving average of the weights with this decay, e.g. 0.998 (0 = off); saved when it validates better.")] = _T.ema,
     precision: Annotated[str, typer.Option(help="auto (bf16 where the CPU supports it), bf16 or fp32.")] = _T.precision,
     encoding: EncodingOpt = _T.encoding,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).", min=1)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted or finished run in --out.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out with its saved settings; a new --max-steps, --max-time or --epochs replaces its budget.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh even if --out holds another run, replacing it.")] = False,
 ) -> None:
-    """Train a character-level LSTM on CORPUS; the best checkpoint by validation bpc goes to --out."""
+    """Train a character-level LSTM on CORPUS; the best checkpoint by validation bpc goes to --out.
+
+    The resume state is saved at every validation and every --save-every minutes: after a crash,
+    a kill or Ctrl-C, `charlm train CORPUS --out DIR --resume` continues where it was saved.
+    """
     from charlm.data import read_corpus
     from charlm.train import train_corpus
 
     try:
+        if resume and overwrite:
+            raise CharLMError("give either --resume or --overwrite, not both")
         config = Config(
             ModelConfig(embed_dim=embed, hidden_size=hidden, num_layers=layers, dropout=dropout, tie_weights=tie,
                         cell=cell, conv_kernel=conv_kernel, residual=residual, embed_dropout=embed_dropout,
@@ -133,12 +190,10 @@ def train(
                 seq_len=seq_len, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip=clip,
                 warmup_steps=warmup, max_steps=max_steps, epochs=epochs, seed=seed,
                 max_time=parse_duration(max_time) if max_time else None, valid_fraction=valid_fraction,
-                min_count=min_count, eval_interval=eval_interval, precision=precision, encoding=encoding, ema=ema,
-                unk_alpha=parse_unk_alpha(unk_alpha),
+                min_count=min_count, eval_interval=eval_interval, save_every=save_every, precision=precision,
+                encoding=encoding, ema=ema, unk_alpha=parse_unk_alpha(unk_alpha),
             ),
         )
-        if not (max_steps or max_time or epochs):
-            config.train.epochs = 10
         if threads:
             import torch
 
@@ -150,20 +205,32 @@ def train(
                    TimeRemainingColumn(compact=True)]
         with Progress(*columns, console=err, transient=False) as progress:
             display = _Display(progress, seed)
-            result = train_corpus(text, config, out_dir, corpus_path=str(corpus), callbacks=display, resume=resume)
+            result = train_corpus(text, config, out_dir, corpus_path=str(corpus), callbacks=display, resume=resume,
+                                  overwrite=overwrite, changed=_given_options(ctx) if resume else None)
     except CharLMError as e:
         _fail(str(e))
         return
     table = Table(title="training summary", show_header=False)
-    table.add_row("checkpoint", str(result.out))
+    table.add_row("checkpoint", Text(str(result.out)))
     table.add_row("steps", f"{result.steps:,} ({result.epochs_done:.2f} epochs)")
     table.add_row("time", f"{result.elapsed:.0f} s")
     table.add_row("last training bpc", f"{result.last_train_bpc:.3f}")
     table.add_row("best validation bpc", f"{result.best_valid_bpc:.3f}")
-    err.print(table)
+    if result.skipped:
+        table.add_row("updates skipped (not finite)", f"{result.skipped:,}")
+    _say(table)
     if result.interrupted:
-        err.print(f"stopped by {result.interrupted}; continue with: charlm train {corpus} --out {result.out} --resume")
+        hint = f"charlm train {shlex.quote(str(corpus))} --out {shlex.quote(str(result.out))} --resume"
+        _say(Text(f"stopped by {result.interrupted}; continue with: {hint}"))
         raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
+
+
+def _say(renderable) -> None:
+    """Print to stderr; a closed stderr (a terminal gone) is no reason to fail a finished run."""
+    try:
+        err.print(renderable, soft_wrap=True)
+    except (OSError, ValueError):
+        pass
 
 
 # -- generate ----------------------------------------------------------------------------------

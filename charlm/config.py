@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 from charlm.errors import CharLMError
 
 CELLS = ("lstm", "gru", "rnn", "irnn")
+DEFAULT_EPOCHS = 10  # the budget of a run given none
+SEED_MAX = 2**63 - 1  # the largest seed torch.Generator.manual_seed and numpy both take
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -68,6 +70,7 @@ class TrainConfig:
     valid_fraction: float = 0.05
     min_count: int = 1
     eval_interval: int = 500
+    save_every: float = 10.0  # minutes between resume saves (besides every validation)
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
     # Replace a character seen c times by <unk> with probability unk_alpha / (unk_alpha + c), so
     # the model learns the cost of unseen characters. None = choose it so the <unk> rate matches
@@ -90,6 +93,11 @@ class TrainConfig:
         _check(0.0 < self.valid_fraction < 0.5, "--valid-fraction must be in (0, 0.5)")
         _check(self.min_count >= 1, "--min-count must be at least 1")
         _check(self.eval_interval >= 1, "--eval-interval must be at least 1")
+        _check(0 < self.save_every <= 1e6, "--save-every must be a positive number of minutes")
+        _check(0 <= self.seed <= SEED_MAX, f"--seed must be between 0 and {SEED_MAX}")
+        _check(self.lr < float("inf"), "--lr must be finite")
+        if self.max_steps is None and self.max_time is None and self.epochs is None:
+            self.epochs = DEFAULT_EPOCHS
         _check(self.unk_alpha is None or self.unk_alpha >= 0, "--unk-alpha must be 'auto' or a number >= 0")
         _check(0.0 <= self.ema < 1.0, "--ema must be in [0, 1) (0 turns averaging off)")
         _check(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")

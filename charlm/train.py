@@ -12,12 +12,13 @@ toward zero by lr·weight_decay per step; biases and the forget-gate offsets are
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import signal
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -25,12 +26,12 @@ import numpy as np
 import torch
 
 from charlm import checkpoint
-from charlm.config import Config
+from charlm.config import Config, TrainConfig
 from charlm.data import (epoch_stream, get_window, good_turing_alpha, join_poems, poem_lines, sha256_text,
                          split_poems, unk_probabilities)
 from charlm.errors import CharLMError
 from charlm.evaluate import score
-from charlm.model import CharLM, detach_state
+from charlm.model import CharLM
 from charlm.vocab import EOS_ID, UNK_ID, Vocab, detect_script, normalize
 
 
@@ -77,8 +78,8 @@ class FitResult:
     elapsed: float
     best_valid_bpc: float
     last_train_bpc: float
-    interrupted: str | None = None  # signal name when stopped by SIGINT/SIGTERM
-    history: list[dict] = field(default_factory=list)
+    interrupted: str | None = None  # signal name when stopped by SIGINT, SIGTERM or SIGHUP
+    skipped: int = 0  # updates skipped because the loss or gradient was not finite
 
 
 class Callbacks:
@@ -137,27 +138,6 @@ def make_optimizer(model: CharLM, cfg) -> torch.optim.AdamW:
     )
 
 
-@contextmanager
-def _catch_signals() -> Iterator[dict]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps."""
-    flag: dict = {"signal": None}
-
-    def handler(signum, frame):
-        flag["signal"] = signal.Signals(signum).name
-
-    old = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            old[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
-    try:
-        yield flag
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-
-
 # -- data preparation ------------------------------------------------------------------------
 
 @dataclass
@@ -210,191 +190,410 @@ def prepare(text: str, config: Config, corpus_path: str | None = None, vocab: Vo
     return Prepared(config, vocab, train_ids, valid_ids, counts, corpus, poem_lines(train_poems), unk_p)
 
 
+# -- the run's state, its budget and the averaged weights -----------------------------------
+
+DIVERGENCE_LIMIT = 8  # non-finite updates in a row that end a run
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When a run stops: whichever of steps, seconds of training and epochs runs out first.
+    TrainConfig gives a run with no budget DEFAULT_EPOCHS epochs."""
+
+    max_steps: int | None = None
+    max_time: float | None = None  # seconds
+    epochs: int | None = None
+
+    @classmethod
+    def of(cls, tc: TrainConfig) -> "Budget":
+        return cls(tc.max_steps, tc.max_time, tc.epochs)
+
+    def progress(self, step: int, elapsed: float, epochs_done: float) -> float:
+        """The fraction of the budget used, 0..1 (the learning-rate schedule follows it)."""
+        parts = [step / self.max_steps if self.max_steps else 0.0,
+                 elapsed / self.max_time if self.max_time else 0.0,
+                 epochs_done / self.epochs if self.epochs else 0.0]
+        return max(parts)
+
+
+class WeightAverage:
+    """Polyak averaging, as an exponential moving average: w̄ ← ema·w̄ + (1 − ema)·w after every
+    update. The averaged weights are validated beside the raw ones and saved when better."""
+
+    def __init__(self, model: CharLM, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        self._pairs = list(zip(self.model.parameters(), model.parameters()))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for avg, w in self._pairs:
+            avg.lerp_(w, 1.0 - self.decay)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"ema.{n}": p for n, p in self.model.named_parameters()}
+
+    @torch.no_grad()
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        for n, p in self.model.named_parameters():
+            p.copy_(tensors[f"ema.{n}"])
+
+
+@dataclass
+class TrainState:
+    """Everything that moves during a run besides the weights, the optimizer and the averaged
+    weights: exactly what the resume state holds (counters in JSON, ``carried`` as tensors)."""
+
+    batch_size: int
+    step: int = 0
+    epoch: int = 0
+    window: int = 0  # the next window of this epoch's layout
+    elapsed: float = 0.0  # seconds of training, summed over every part of the run
+    best_bpc: float = math.inf
+    best_step: int | None = None
+    last_valid_step: int | None = None
+    skipped: int = 0  # updates skipped because the loss or gradient was not finite
+    bad_streak: int = 0  # ... of them in a row, up to now
+    carried: tuple[torch.Tensor, ...] | None = None  # the recurrent state carried across windows
+
+    COUNTERS = ("batch_size", "step", "epoch", "window", "elapsed", "best_bpc", "best_step",
+                "last_valid_step", "skipped", "bad_streak")
+
+    def counters(self) -> dict:
+        c = {k: getattr(self, k) for k in self.COUNTERS}
+        c["best_bpc"] = None if math.isinf(self.best_bpc) else self.best_bpc  # JSON has no infinity
+        return c
+
+    @classmethod
+    def from_counters(cls, data: dict, carried: tuple[torch.Tensor, ...] | None) -> "TrainState":
+        try:
+            st = cls(**{k: data[k] for k in cls.COUNTERS}, carried=carried)
+        except (KeyError, TypeError) as e:
+            raise CharLMError(f"the resume state is incomplete ({e}); it was written by another "
+                              f"version of charlm and cannot be resumed") from None
+        st.best_bpc = math.inf if st.best_bpc is None else float(st.best_bpc)
+        return st
+
+    def epochs_done(self, windows: int) -> float:
+        return self.epoch + self.window / max(1, windows)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    loss: float
+    grad_norm: float
+    finite: bool  # False: the update was skipped
+    carried: tuple[torch.Tensor, ...]
+
+
+def train_step(model: CharLM, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               carried: tuple[torch.Tensor, ...], clip: float, precision: str) -> StepOutcome:
+    """One update on window (x, y), both (B, T), starting from the carried state.
+
+    Gradients are clipped to global norm ``clip`` (the remedy for exploding gradients). A loss or
+    gradient norm that is not finite skips the update, keeps the weights and the carried state as
+    they were, and reports finite=False."""
+    with autocast(precision):  # validation is always scored in fp32
+        loss, new_state = model.loss(x, y, carried)
+    opt.zero_grad(set_to_none=True)
+    value = loss.item()
+    if not math.isfinite(value):
+        return StepOutcome(value, math.nan, False, carried)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf).item()
+    if not math.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        return StepOutcome(value, norm, False, carried)
+    opt.step()
+    return StepOutcome(value, norm, True, tuple(s.detach().float() for s in new_state))
+
+
+@contextmanager
+def _catch_signals() -> Iterator[dict]:
+    """Turn SIGINT, SIGTERM and SIGHUP into a flag the loop checks between steps.
+
+    A signal that was ignored when the run started stays ignored (so `nohup charlm train … &`
+    survives the terminal closing), and every handler is put back as it was afterwards."""
+    flag: dict = {"signal": None}
+
+    def handler(signum, frame):
+        flag["signal"] = signal.Signals(signum).name
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is None or signal.getsignal(sig) is signal.SIG_IGN:
+            continue
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    try:
+        yield flag
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+class MetricsLog:
+    """metrics.jsonl, one record a line. Resuming at step S first cuts the log back to S, so no
+    step appears twice; a line torn by a crash is dropped then too."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        kept = []
+        if resume_step is not None and path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= resume_step:
+                    kept.append(line + "\n")
+        try:
+            checkpoint._atomic_write(path, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
+            self.file = path.open("a", encoding="utf-8")
+        except OSError as e:
+            raise checkpoint._disk_error("log metrics.jsonl", path.parent, e) from None
+
+    def write(self, record: dict) -> None:
+        try:
+            self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise checkpoint._disk_error("log metrics.jsonl", self.path.parent, e) from None
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass
+
+
+def _output_dir(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise CharLMError(f"--out {str(out)!r} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CharLMError(f"cannot create the output directory {str(out)!r} ({e.strerror or e})") from None
+    return out
+
+
+def _existing_run(out: Path) -> str | None:
+    """A sentence about the run already in ``out``, or None."""
+    if checkpoint.has_resume(out):
+        st = checkpoint.read_resume(out)
+        best = st.get("best_bpc")
+        return f"a training run stopped at step {st.get('step')}" + (f" (best {best:.3f} bpc)" if best else "")
+    if checkpoint.is_checkpoint(out):
+        return "a checkpoint"
+    return None
+
+
 # -- the loop --------------------------------------------------------------------------------
 
-def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, resume: bool = False) -> FitResult:
-    """Train on ``prep`` and write the best checkpoint (by validation bpc) to ``out``."""
+def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, resume: bool = False,
+        overwrite: bool = False) -> FitResult:
+    """Train on ``prep`` and keep the best checkpoint (by validation bpc) in ``out``.
+
+    The resume state is written at every validation and every ``save_every`` minutes, so a run
+    killed at any moment continues with ``resume=True`` from its last save, and from there
+    repeats the uninterrupted run bit for bit (given a step or epoch budget)."""
     cb = callbacks or Callbacks()
     config, vocab, tc = prep.config, prep.vocab, prep.config.train
-    out = Path(out)
+    out = _output_dir(Path(out))
     precision = resolve_precision(tc.precision)
     if precision == "bf16" and not bf16_supported():
         raise CharLMError("--precision bf16 needs a CPU with bf16 support (AMX or AVX-512 BF16); use fp32")
 
-    torch.manual_seed(tc.seed)
-    model = CharLM(config.model)
-    opt = make_optimizer(model, tc)
+    with checkpoint.exclusive(out):
+        checkpoint.remove_stale(out)
+        if not resume:
+            existing = _existing_run(out)
+            if existing and not overwrite:
+                raise CharLMError(f"{str(out)!r} already holds {existing}; continue it with --resume, "
+                                  f"choose another --out, or pass --overwrite to replace it")
+            if existing:
+                checkpoint.clear_run(out)
 
-    # the epoch stream; shrink the batch if a small corpus cannot fill it
+        torch.manual_seed(tc.seed)
+        model = CharLM(config.model)
+        opt = make_optimizer(model, tc)
+        averaged = WeightAverage(model, tc.ema) if tc.ema else None
+        if resume:
+            counters, tensors = checkpoint.load_resume(out, model, opt)
+            carried = tuple(tensors[k] for k in sorted((k for k in tensors if k.startswith("carried.")),
+                                                        key=lambda k: int(k.split(".")[1]))) or None
+            st = TrainState.from_counters(counters, carried)
+            if averaged is not None:
+                averaged.load(tensors)
+            torch.set_rng_state(tensors["rng"])
+            if checkpoint.is_checkpoint(out):  # the resume state and the best checkpoint agree on the best
+                saved_best = checkpoint.read_metrics(out).get("valid_bpc")
+                if isinstance(saved_best, (int, float)) and saved_best < st.best_bpc:
+                    st.best_bpc = float(saved_best)
+        else:
+            st = TrainState(batch_size=fit_batch_size(prep, tc))
+
+        log = MetricsLog(out / checkpoint.METRICS, st.step if resume else None)
+        lines_text = checkpoint.render_lines(prep.lines)
+
+        def save_resume() -> None:
+            tensors = {"rng": torch.get_rng_state(),
+                       **{f"carried.{i}": t for i, t in enumerate(st.carried or ())},
+                       **(averaged.tensors() if averaged is not None else {})}
+            checkpoint.save_resume(out, model, opt, {**st.counters(), "config": config.to_dict(),
+                                                     "corpus": prep.corpus}, tensors, vocab, prep.counts)
+
+        def validate() -> None:
+            s = score(model, prep.valid_ids)
+            record = {"step": st.step, "valid_loss": s.loss, "valid_bpc": s.bpc}
+            candidate, averaged_better = model, False
+            if averaged is not None:
+                s_avg = score(averaged.model, prep.valid_ids)
+                record["ema_valid_bpc"] = s_avg.bpc
+                if s_avg.bpc < s.bpc:
+                    s, candidate, averaged_better = s_avg, averaged.model, True
+            improved = s.bpc < st.best_bpc
+            if improved:
+                st.best_bpc, st.best_step = s.bpc, st.step
+                checkpoint.save(out, candidate, config, vocab, corpus=prep.corpus, counts=prep.counts,
+                                lines=lines_text, metrics={
+                    "step": st.step, "valid_loss": s.loss, "valid_bpc": s.bpc, "valid_chars": s.chars,
+                    "averaged_weights": averaged_better, "train_bpc": last_bpc,
+                    "elapsed_s": round(st.elapsed, 1), "precision": precision,
+                })
+            st.last_valid_step = st.step
+            log.write({**record, "best_valid_bpc": st.best_bpc, "elapsed": round(st.elapsed, 2)})
+            cb.on_valid(ValidEvent(st.step, s.loss, s.bpc, st.best_bpc, improved), model, vocab)
+
+        params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        cb.on_start(StartInfo(prep.corpus["characters"], prep.corpus["train_poems"], prep.corpus["valid_poems"],
+                              len(vocab), params, precision, st.batch_size, st.step))
+
+        def stream(ep: int):
+            return epoch_stream(prep.train_ids, EOS_ID, ep, tc.seed, st.batch_size, tc.seq_len, prep.unk_p, UNK_ID)
+
+        budget = Budget.of(tc)
+        model.train()
+        data = stream(st.epoch)
+        chars_per_step = st.batch_size * tc.seq_len
+        clock = time.perf_counter()
+        last_save, last_bpc, rate, interrupted = clock, math.nan, 0.0, None
+        try:
+            with _catch_signals() as flag:
+                while True:
+                    if st.window >= data.windows:  # a new epoch: a new order of poems, a fresh state
+                        st.epoch, st.window, st.carried = st.epoch + 1, 0, None
+                        data = stream(st.epoch)
+                    progress = budget.progress(st.step, st.elapsed, st.epochs_done(data.windows))
+                    if progress >= 1.0:
+                        break
+                    lr = lr_at(st.step, progress, tc)
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    x, y = get_window(data.rows, st.window, tc.seq_len)  # (B, T) each
+                    t0 = time.perf_counter()
+                    outcome = train_step(model, opt, x, y, st.carried or model.init_state(st.batch_size),
+                                         tc.clip, precision)
+                    if outcome.finite:
+                        if averaged is not None:
+                            averaged.update()
+                        st.carried, st.bad_streak = outcome.carried, 0
+                        last_bpc = outcome.loss / math.log(2)
+                    else:
+                        st.skipped, st.bad_streak = st.skipped + 1, st.bad_streak + 1
+                    st.step, st.window = st.step + 1, st.window + 1
+                    now = time.perf_counter()
+                    st.elapsed += now - clock
+                    clock = now
+                    rate = chars_per_step / (now - t0) if rate == 0 else 0.9 * rate + 0.1 * chars_per_step / (now - t0)
+                    epochs_done = st.epochs_done(data.windows)
+                    if st.step % 10 == 0 or st.step == 1 or not outcome.finite:
+                        log.write({"step": st.step, "epoch": round(epochs_done, 4), "loss": outcome.loss,
+                                   "bpc": outcome.loss / math.log(2), "grad_norm": outcome.grad_norm, "lr": lr,
+                                   "skipped": st.skipped, "chars_per_sec": round(rate, 1),
+                                   "elapsed": round(st.elapsed, 2)})
+                    cb.on_step(StepEvent(st.step, st.epoch, outcome.loss, outcome.loss / math.log(2), lr, rate,
+                                         st.elapsed, budget.progress(st.step, st.elapsed, epochs_done)))
+                    if st.bad_streak >= DIVERGENCE_LIMIT:
+                        raise CharLMError(_diverged(st, tc, out))
+                    if st.step % tc.eval_interval == 0:
+                        validate()
+                        save_resume()
+                        last_save = time.perf_counter()
+                    elif time.perf_counter() - last_save >= tc.save_every * 60:
+                        save_resume()
+                        last_save = time.perf_counter()
+                    if flag["signal"]:
+                        interrupted = flag["signal"]
+                        break
+                if st.last_valid_step != st.step and (st.step > 0 or not checkpoint.is_checkpoint(out)):
+                    validate()
+                save_resume()
+        finally:
+            log.close()
+    return FitResult(out, st.step, st.epochs_done(data.windows), st.elapsed, st.best_bpc, last_bpc, interrupted,
+                     skipped=st.skipped)
+
+
+def _diverged(st: TrainState, tc: TrainConfig, out: Path) -> str:
+    kept = (f"the last good checkpoint and resume state in {str(out)!r} are kept"
+            if checkpoint.has_resume(out) else "nothing was saved")
+    return (f"training diverged: the loss or gradient was not finite for {st.bad_streak} steps in a row "
+            f"(steps {st.step - st.bad_streak + 1}–{st.step}); {kept}; try a lower --lr (this run used {tc.lr:g})")
+
+
+def fit_batch_size(prep: Prepared, tc: TrainConfig) -> int:
+    """--batch-size, halved until a small corpus can fill each row with at least one window."""
     batch_size = tc.batch_size
     n_train = sum(len(p) + 1 for p in prep.train_ids) + 1
     while batch_size > 1 and n_train // batch_size < tc.seq_len + 1:
         batch_size //= 2
+    return batch_size
 
-    step, epoch, window, elapsed_before = 0, 0, 0, 0.0
-    best = math.inf
-    state = None
-    extra: dict = {}
-    if resume:
-        st, state, extra = checkpoint.load_resume(out, model, opt)
-        step, epoch, window = st["step"], st["epoch"], st["window"]
-        elapsed_before, best, batch_size = st["elapsed"], st["best_valid_bpc"], st["batch_size"]
 
-    # Weight averaging (Polyak; an exponential moving average): the averaged weights are
-    # validated beside the raw ones and saved when they score better.
-    averaged = None
-    if tc.ema:
-        averaged = copy.deepcopy(model).eval()
-        saved_avg = {k.removeprefix("ema."): v for k, v in extra.items() if k.startswith("ema.")}
-        if saved_avg:
-            with torch.no_grad():
-                for name, p in averaged.named_parameters():
-                    p.copy_(saved_avg[name])
-        avg_params = list(averaged.parameters())
+# -- a whole run, resumed or fresh -----------------------------------------------------------
 
-    def progress(elapsed: float, ep: float) -> float:
-        parts = []
-        if tc.max_steps:
-            parts.append(step / tc.max_steps)
-        if tc.max_time:
-            parts.append(elapsed / tc.max_time)
-        if tc.epochs:
-            parts.append(ep / tc.epochs)
-        return max(parts) if parts else 0.0
+# Settings that may change when resuming: the budget, and what changes neither the model nor the data.
+RESUME_BUDGET = ("max_steps", "max_time", "epochs")
+RESUME_FREE = ("eval_interval", "save_every", "precision", "encoding")
 
-    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    cb.on_start(StartInfo(prep.corpus["characters"], prep.corpus["train_poems"], prep.corpus["valid_poems"],
-                          len(vocab), params, precision, batch_size, step))
 
-    metrics_path = out / "metrics.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        metrics_path.write_text("", encoding="utf-8")
-    metrics_file = metrics_path.open("a", encoding="utf-8")
-
-    def log(record: dict) -> None:
-        metrics_file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        metrics_file.flush()
-
-    def save_resume() -> None:
-        avg = {f"ema.{n}": p for n, p in averaged.named_parameters()} if averaged is not None else None
-        checkpoint.save_resume(out, model, opt, state, {
-            "step": step, "epoch": epoch, "window": window, "elapsed": elapsed,
-            "best_valid_bpc": best, "batch_size": batch_size, "config": config.to_dict(),
-        }, extra=avg)
-
-    lines_written = False  # lines.txt is written with the first checkpoint of this run
-
-    def validate() -> float:
-        nonlocal best, lines_written
-        s = score(model, prep.valid_ids)
-        record = {"step": step, "valid_loss": s.loss, "valid_bpc": s.bpc}
-        candidate, averaged_better = model, False
-        if averaged is not None:
-            s_avg = score(averaged, prep.valid_ids)
-            record["ema_valid_bpc"] = s_avg.bpc
-            if s_avg.bpc < s.bpc:
-                s, candidate, averaged_better = s_avg, averaged, True
-        improved = s.bpc < best
-        if improved:
-            best = s.bpc
-            checkpoint.save(out, candidate, config, vocab, corpus=prep.corpus, counts=prep.counts,
-                            lines=None if lines_written else prep.lines, metrics={
-                "step": step, "valid_loss": s.loss, "valid_bpc": s.bpc, "valid_chars": s.chars,
-                "averaged_weights": averaged_better, "train_bpc": last_bpc, "elapsed_s": round(elapsed, 1),
-                "precision": precision,
-            })
-            lines_written = True
-        log({**record, "best_valid_bpc": best, "elapsed": round(elapsed, 2)})
-        cb.on_valid(ValidEvent(step, s.loss, s.bpc, best, improved), model, vocab)
-        return s.bpc
-
-    model.train()
-    start = time.perf_counter()
-    elapsed = elapsed_before
-    last_bpc = math.nan
-    chars_per_step = batch_size * tc.seq_len
-    rate = 0.0
-    interrupted = None
-    last_valid_step = step if resume else -1
-
-    def stream(ep: int):
-        return epoch_stream(prep.train_ids, EOS_ID, ep, tc.seed, batch_size, tc.seq_len, prep.unk_p, UNK_ID)
-
-    data = stream(epoch)
-    try:
-        with _catch_signals() as flag:
-            while True:
-                if window >= data.windows:
-                    epoch, window, state = epoch + 1, 0, None
-                    data = stream(epoch)
-                ep_progress = epoch + window / max(1, data.windows)
-                p = progress(elapsed, ep_progress)
-                if p >= 1.0:
-                    break
-                t0 = time.perf_counter()
-                lr = lr_at(step, p, tc)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                x, y = get_window(data.rows, window, tc.seq_len)  # (B, T) each
-                if state is None:
-                    state = model.init_state(batch_size)
-                with autocast(precision):  # validation is always scored in fp32
-                    loss, new_state = model.loss(x, y, state)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
-                opt.step()
-                if averaged is not None:  # w̄ ← ema·w̄ + (1 − ema)·w
-                    with torch.no_grad():
-                        for a, p in zip(avg_params, model.parameters()):
-                            a.lerp_(p, 1.0 - tc.ema)
-                state = tuple(s.float() for s in detach_state(new_state))
-                step += 1
-                window += 1
-                dt = time.perf_counter() - t0
-                elapsed = elapsed_before + time.perf_counter() - start
-                rate = chars_per_step / dt if rate == 0 else 0.9 * rate + 0.1 * chars_per_step / dt
-                last_bpc = loss.item() / math.log(2)
-                event = StepEvent(step, epoch, loss.item(), last_bpc, lr, rate, elapsed,
-                                  progress(elapsed, epoch + window / max(1, data.windows)))
-                if step % 10 == 0 or step == 1:
-                    log({"step": step, "epoch": round(epoch + window / max(1, data.windows), 4),
-                         "loss": event.loss, "bpc": event.bpc, "lr": lr,
-                         "chars_per_sec": round(rate, 1), "elapsed": round(elapsed, 2)})
-                cb.on_step(event)
-                if step % tc.eval_interval == 0:
-                    validate()
-                    last_valid_step = step
-                if flag["signal"]:
-                    interrupted = flag["signal"]
-                    break
-            if last_valid_step != step and step > 0:
-                validate()
-            if step == 0 and not checkpoint.is_checkpoint(out):
-                validate()
-            save_resume()
-    finally:
-        metrics_file.close()
-    return FitResult(out, step, epoch + window / max(1, data.windows), elapsed, best, last_bpc, interrupted)
+def resume_config(saved: Config, given: Config, changed: dict[str, str]) -> Config:
+    """The configuration a resumed run continues with: the saved one, except the settings the
+    user gave (``changed`` maps "section.field" to the flag that set it). A new budget replaces the
+    old one as a whole and extends (or shortens) the run; a setting that would change the model or
+    the data is refused."""
+    train = {}
+    for name, flag in changed.items():
+        section, key = name.split(".")
+        new, old = getattr(getattr(given, section), key), getattr(getattr(saved, section), key)
+        if key in RESUME_FREE:
+            train[key] = new
+        elif key not in RESUME_BUDGET and new != old:
+            raise CharLMError(f"{flag} cannot change when resuming: this run was trained with {old!r}; "
+                              f"drop {flag}, or start a new run with another --out")
+    if any(f"train.{k}" in changed for k in RESUME_BUDGET):
+        train.update({k: getattr(given.train, k) if f"train.{k}" in changed else None for k in RESUME_BUDGET})
+    return Config(saved.model, dataclasses.replace(saved.train, **train))
 
 
 def train_corpus(text: str, config: Config, out: str | Path, *, corpus_path: str | None = None,
-                 callbacks: Callbacks | None = None, resume: bool = False) -> FitResult:
-    """Everything `charlm train` does: prepare the data (reusing the saved vocabulary and
-    settings when resuming) and fit."""
+                 callbacks: Callbacks | None = None, resume: bool = False, overwrite: bool = False,
+                 changed: dict[str, str] | None = None) -> FitResult:
+    """Everything `charlm train` does: prepare the data and fit. Resuming continues the saved
+    run with its saved settings, vocabulary and data, changed only where ``changed`` says
+    (see resume_config)."""
     out = Path(out)
     vocab = None
     if resume:
-        saved = Config.from_dict(checkpoint.read_resume(out)["config"])
-        # budget options may be extended when resuming; everything else must stay as it was
-        for key in ("max_steps", "max_time", "epochs", "ema"):
-            setattr(saved.train, key, getattr(config.train, key))
-        config = saved
-        best = checkpoint.load(out)
-        vocab, old = best.vocab, best.corpus.get("sha256")
+        saved = checkpoint.read_resume(out)
+        config = resume_config(Config.from_dict(saved.get("config")), config, changed or {})
+        vocab, _ = checkpoint.read_resume_vocab(out)
     prep = prepare(text, config, corpus_path, vocab)
-    if resume and old and old != prep.corpus["sha256"]:
-        raise CharLMError("cannot resume: the corpus is not the one this run was trained on (its sha256 differs)")
-    return fit(prep, out, callbacks=callbacks, resume=resume)
+    if resume:
+        old = (saved.get("corpus") or {}).get("sha256")
+        if old and old != prep.corpus["sha256"]:
+            raise CharLMError("cannot resume: the corpus is not the one this run was trained on (its sha256 differs)")
+    return fit(prep, out, callbacks=callbacks, resume=resume, overwrite=overwrite)

@@ -28,7 +28,7 @@ def test_train_generate_eval_in_process(corpus_file, tmp_path):
     r = run("train", corpus_file, "--out", out, "--max-steps", 12, "--eval-interval", 6, *TINY)
     assert r.exit_code == 0, r.stderr
     assert "best validation bpc" in r.stderr and r.stdout == ""
-    assert (out / "config.json").is_file() and (out / "metrics.jsonl").is_file()
+    assert (out / "best" / "config.json").is_file() and (out / "metrics.jsonl").is_file()
 
     r = run("generate", "--checkpoint", out, "--prompt", "春眠", "-n", 3, "--seed", 1, "--max-chars", 20)
     assert r.exit_code == 0, r.stderr
@@ -44,7 +44,7 @@ def test_train_generate_eval_in_process(corpus_file, tmp_path):
     assert r.exit_code == 0, r.stderr
     m = json.loads(r.stdout)
     assert {"bpc", "loss", "perplexity", "accuracy", "chars", "unknown_chars"} <= m.keys()
-    saved = json.loads((out / "config.json").read_text(encoding="utf-8"))["metrics"]["valid_bpc"]
+    saved = json.loads((out / "best" / "config.json").read_text(encoding="utf-8"))["metrics"]["valid_bpc"]
     assert m["bpc"] == pytest.approx(saved, rel=1e-6)  # eval rebuilds the same validation split
 
     r = run("eval", "--checkpoint", out, "--corpus", corpus_file)
@@ -83,7 +83,7 @@ def test_bad_input_is_one_sentence_and_nonzero_exit(args, message, tmp_path, cor
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     for f in ("config.json", "vocab.json"):
-        (corrupt / f).write_bytes((trained / f).read_bytes())
+        (corrupt / f).write_bytes((trained / "best" / f).read_bytes())
     (corrupt / "model.safetensors").write_bytes(b"\x00" * 10)
     paths = {"empty": tmp_path / "empty.txt", "gbk": tmp_path / "gbk.txt", "short": tmp_path / "short.txt",
              "corpus": corpus_file, "trained": trained, "corrupt": corrupt}
@@ -105,7 +105,7 @@ def test_subprocess_train_generate_eval_with_default_paths(tmp_path):
     (tmp_path / "mine.txt").write_text("\n".join(POEMS * 3) + "\n", encoding="utf-8")
     r = _cli("train", "mine.txt", "--max-steps", 10, *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "checkpoints" / "mine" / "model.safetensors").is_file()
+    assert (tmp_path / "checkpoints" / "mine" / "best" / "model.safetensors").is_file()
     assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))
     r = _cli("generate", "--prompt", "白日", "-n", 2, "--seed", 3, "--max-chars", 12, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -131,7 +131,7 @@ def test_sigint_saves_a_resumable_checkpoint(tmp_path):
     assert "Traceback" not in stderr and "--resume" in stderr
     state = json.loads((tmp_path / "checkpoints" / "mine" / "resume" / "state.json").read_text(encoding="utf-8"))
     assert state["step"] >= 10
-    assert (tmp_path / "checkpoints" / "mine" / "config.json").is_file()  # best model saved on the way out
+    assert (tmp_path / "checkpoints" / "mine" / "best" / "config.json").is_file()  # best model saved on the way out
     r = _cli("train", "mine.txt", "--resume", "--max-steps", state["step"] + 5, *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"resumed at step {state['step']}" in r.stderr

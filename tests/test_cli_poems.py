@@ -42,7 +42,7 @@ def test_poem_option_errors(trained, tmp_path, args, message):
     plain = tmp_path / "plain"
     plain.mkdir()
     for f in ("config.json", "vocab.json", "model.safetensors"):
-        (plain / f).write_bytes((trained / f).read_bytes())
+        (plain / f).write_bytes((trained / "best" / f).read_bytes())
     args = [a.format(plain=plain) for a in args]
     if "--checkpoint" not in args:
         args = ["--checkpoint", str(trained), *args]
