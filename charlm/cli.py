@@ -69,7 +69,12 @@ class _Display:
         except (OSError, ValueError):  # the stream is closed: keep training without a display
             self.alive = False
 
+    def close(self) -> None:
+        if self.progress.live.is_started:
+            self._show(self.progress.stop)
+
     def on_start(self, info) -> None:
+        self._show(self.progress.start)  # only now: an error before the first step shows no bar
         resumed = f", resumed at step {info.resumed_from}" if info.resumed_from else ""
         self._show(lambda: self.progress.console.print(Text(
             f"corpus {info.corpus_chars:,} characters: {info.train_poems:,} training / {info.valid_poems:,} "
@@ -90,10 +95,13 @@ class _Display:
         if not self.alive:
             return
         g = torch.Generator().manual_seed(self.sample_seed)
+        was_training = model.training
         try:
             sample = generate(model, vocab, settings=SampleSettings(temperature=0.8, max_chars=64), generator=g)
         except CharLMError as failure:  # e.g. weights gone non-finite: the trainer will say so
             sample = f"(no sample: {failure})"
+        finally:
+            model.train(was_training)
         line = Text(f"step {e.step}: validation bpc ")
         line.append(f"{e.valid_bpc:.3f}", style="bold")
         if e.improved:
@@ -203,10 +211,12 @@ def train(
         columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=12), TaskProgressColumn(),
                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
                    TimeRemainingColumn(compact=True)]
-        with Progress(*columns, console=err, transient=False) as progress:
-            display = _Display(progress, seed)
+        display = _Display(Progress(*columns, console=err, transient=False), seed)
+        try:
             result = train_corpus(text, config, out_dir, corpus_path=str(corpus), callbacks=display, resume=resume,
                                   overwrite=overwrite, changed=_given_options(ctx) if resume else None)
+        finally:
+            display.close()
     except CharLMError as e:
         _fail(str(e))
         return

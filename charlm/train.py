@@ -293,6 +293,7 @@ def train_step(model: CharLM, opt: torch.optim.Optimizer, x: torch.Tensor, y: to
     Gradients are clipped to global norm ``clip`` (the remedy for exploding gradients). A loss or
     gradient norm that is not finite skips the update, keeps the weights and the carried state as
     they were, and reports finite=False."""
+    model.train()  # whatever a callback did with the model (sampling puts it in eval mode)
     with autocast(precision):  # validation is always scored in fp32
         loss, new_state = model.loss(x, y, carried)
     opt.zero_grad(set_to_none=True)
@@ -510,8 +511,9 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
                     rate = chars_per_step / (now - t0) if rate == 0 else 0.9 * rate + 0.1 * chars_per_step / (now - t0)
                     epochs_done = st.epochs_done(data.windows)
                     if st.step % 10 == 0 or st.step == 1 or not outcome.finite:
-                        log.write({"step": st.step, "epoch": round(epochs_done, 4), "loss": outcome.loss,
-                                   "bpc": outcome.loss / math.log(2), "grad_norm": outcome.grad_norm, "lr": lr,
+                        log.write({"step": st.step, "epoch": round(epochs_done, 4), "loss": _finite(outcome.loss),
+                                   "bpc": _finite(outcome.loss / math.log(2)), "grad_norm": _finite(outcome.grad_norm),
+                                   "lr": lr,
                                    "skipped": st.skipped, "chars_per_sec": round(rate, 1),
                                    "elapsed": round(st.elapsed, 2)})
                     cb.on_step(StepEvent(st.step, st.epoch, outcome.loss, outcome.loss / math.log(2), lr, rate,
@@ -537,6 +539,11 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
                      skipped=st.skipped)
 
 
+def _finite(x: float) -> float | None:
+    """A figure for the JSON log: null where it is not finite (JSON has no NaN)."""
+    return x if math.isfinite(x) else None
+
+
 def _diverged(st: TrainState, tc: TrainConfig, out: Path) -> str:
     kept = (f"the last good checkpoint and resume state in {str(out)!r} are kept"
             if checkpoint.has_resume(out) else "nothing was saved")
@@ -555,9 +562,11 @@ def fit_batch_size(prep: Prepared, tc: TrainConfig) -> int:
 
 # -- a whole run, resumed or fresh -----------------------------------------------------------
 
-# Settings that may change when resuming: the budget, and what changes neither the model nor the data.
+# Settings that may change when resuming: the budget, and the optimisation and bookkeeping settings,
+# which change neither the model nor the data (a lower --lr after a divergence, say).
 RESUME_BUDGET = ("max_steps", "max_time", "epochs")
-RESUME_FREE = ("eval_interval", "save_every", "precision", "encoding")
+RESUME_FREE = ("lr", "clip", "weight_decay", "warmup_steps", "min_lr_ratio", "eval_interval", "save_every",
+               "precision", "encoding")
 
 
 def resume_config(saved: Config, given: Config, changed: dict[str, str]) -> Config:

@@ -120,7 +120,9 @@ def test_sigint_saves_a_resumable_checkpoint(tmp_path):
     env = dict(os.environ, PYTHONIOENCODING="utf-8")
     proc = subprocess.Popen([sys.executable, "-m", "charlm", "train", "mine.txt", "--max-steps", "100000",
                              "--eval-interval", "1000000", *TINY], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                            # Ctrl-C as on a terminal, even when the suite runs as a background job
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics = tmp_path / "checkpoints" / "mine" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text(encoding="utf-8").count("\n") >= 2):

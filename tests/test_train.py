@@ -59,12 +59,15 @@ def test_corpus_shorter_than_one_sequence_is_refused(tmp_path):
 
 
 class _InterruptAt(Callbacks):
-    def __init__(self, step):
-        self.step = step
+    """Send this process a signal at one step. SIGTERM by default: SIGINT is ignored in a
+    background job, and the suite must pass however it is started."""
+
+    def __init__(self, step, sig=signal.SIGTERM):
+        self.step, self.sig = step, sig
 
     def on_step(self, e):
         if e.step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.sig)
 
 
 @pytest.mark.parametrize("variant", [{}, {"cell": "gru", "conv_kernel": 3, "residual": True}, {"ema": 0.9}])
@@ -81,9 +84,10 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, variant):
 
     straight = train_corpus(_text(), cfg(), tmp_path / "a")
     assert straight.interrupted is None
+    before = signal.getsignal(signal.SIGTERM)
     part = train_corpus(_text(), cfg(), tmp_path / "b", callbacks=_InterruptAt(13))
-    assert part.interrupted == "SIGINT" and part.steps == 13
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert part.interrupted == "SIGTERM" and part.steps == 13
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back as it was
     resumed = train_corpus(_text(), cfg(), tmp_path / "b", resume=True)
     assert resumed.steps == 24
     wa = load_file(str(tmp_path / "a" / "resume" / "model.safetensors"))
@@ -122,3 +126,20 @@ def test_weight_averaging_is_validated_and_kept_when_better(tmp_path):
     ck = checkpoint.load(tmp_path / "ck")
     assert ck.metrics["valid_bpc"] == pytest.approx(best)
     assert isinstance(ck.metrics["averaged_weights"], bool)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT])
+def test_a_hangup_stops_the_run_like_sigterm_unless_it_was_ignored(tmp_path, sig):
+    before = signal.getsignal(sig)
+    try:
+        signal.signal(sig, lambda *a: None)  # an ordinary handler: the run takes the signal over
+        res = train_corpus(_text(), tiny_config(max_steps=20), tmp_path / "a", callbacks=_InterruptAt(5, sig))
+        assert res.interrupted == signal.Signals(sig).name and res.steps == 5
+        assert checkpoint.read_resume(tmp_path / "a")["step"] == 5
+        # ignored when the run starts (nohup, a background job): it stays ignored, the run goes on
+        signal.signal(sig, signal.SIG_IGN)
+        res = train_corpus(_text(), tiny_config(max_steps=20), tmp_path / "b", callbacks=_InterruptAt(5, sig))
+        assert res.interrupted is None and res.steps == 20
+        assert signal.getsignal(sig) is signal.SIG_IGN
+    finally:
+        signal.signal(sig, before)
