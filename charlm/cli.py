@@ -356,7 +356,9 @@ def eval_(
         _fail(str(e))
         return
     if as_json:
-        print(json.dumps({"checkpoint": str(ckpt.path), "corpus": source, **result.to_dict()}, ensure_ascii=False))
+        # allow_nan=False: NaN is not JSON; evaluate() refuses non-finite figures before this
+        print(json.dumps({"checkpoint": str(ckpt.path), "corpus": source, **result.to_dict()}, ensure_ascii=False,
+                         allow_nan=False))
         return
     table = Table(title=f"{ckpt.path} on {source}")
     table.add_column("metric")
