@@ -45,13 +45,14 @@ class ModelConfig:
         _check(1 <= self.num_layers <= MAX_LAYERS, f"--layers (num_layers) must be in [1, {MAX_LAYERS}]")
         _check(0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)")
         _check(0.0 <= self.embed_dropout < 1.0, "--embed-dropout must be in [0, 1)")
-        _check(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}")
+        _check(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, not {describe(self.cell)}")
         _check(self.conv_kernel == 0 or 2 <= self.conv_kernel <= MAX_SIZE,
                f"--conv-kernel (conv_kernel) must be 0 (off) or in [2, {MAX_SIZE:,}]")
-        _check(self.softmax in ("full", "adaptive"), "--softmax must be full or adaptive")
+        _check(self.softmax in ("full", "adaptive"),
+               f"--softmax must be full or adaptive, not {describe(self.softmax)}")
         if self.cutoffs is not None:
             c = self.cutoffs
-            _check(1 <= len(c) <= MAX_CUTOFFS and all(0 < a < b for a, b in zip([0, *c], c)),
+            _check(1 <= len(c) <= MAX_CUTOFFS and all(a < b for a, b in zip([0, *c], c)),
                    f"cutoffs must be 1 to {MAX_CUTOFFS} increasing positive integers")
             _check(self.vocab_size == 0 or c[-1] < self.vocab_size,
                    f"cutoffs must be below vocab_size ({self.vocab_size})")
@@ -109,7 +110,8 @@ class TrainConfig:
         _check(self.eval_interval >= 1, "--eval-interval must be at least 1")
         _check(self.unk_alpha is None or self.unk_alpha >= 0, "--unk-alpha must be 'auto' or a number >= 0")
         _check(0.0 <= self.ema < 1.0, "--ema must be in [0, 1) (0 turns averaging off)")
-        _check(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
+        _check(self.precision in PRECISIONS,
+               f"--precision must be one of {', '.join(PRECISIONS)}, not {describe(self.precision)}")
 
 
 @dataclass
