@@ -26,10 +26,12 @@ Nothing is unpickled: weights are safetensors, everything else JSON.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import fcntl
 import shutil
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -38,13 +40,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from charlm import __version__
 from charlm.config import Config
-from charlm.errors import CharLMError
-from charlm.model import CharLM
+from charlm.errors import CharLMError, describe
+from charlm.model import CharLM, expected_shapes
 from charlm.vocab import Vocab
 
 FORMAT_VERSION = 1
@@ -62,6 +64,13 @@ os.umask(_UMASK)
 # Test-only: seconds to pause inside every unit write, after its files and before the switch,
 # so a test can kill a process in the middle of a save.
 _SLOW_SAVE_ENV = "CHARLM_TEST_SLOW_SAVE"
+
+# A checkpoint is untrusted input: nothing is read or allocated beyond these bounds.
+MAX_JSON_BYTES = 64 * 2**20  # config.json, vocab.json, resume state: a 5,000-character vocabulary is 75 KiB
+MAX_LINES_BYTES = 256 * 2**20  # lines.txt (the shipped model's is 1 MiB)
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32; the shipped model has 5.1 million
+WEIGHTS_SLACK_BYTES = 16 * 2**20  # room for the safetensors header beyond the tensors themselves
+FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}  # safetensors dtype → bytes per value
 
 
 @dataclass
@@ -226,13 +235,163 @@ def save(path: str | Path, model: CharLM, config: Config, vocab: Vocab, *, metri
     return p
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_file(path: Path, what: str, max_bytes: int) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``max_bytes``.
+
+    ``what`` names whose file it is in messages, e.g. "checkpoint 'out'". The file is opened
+    non-blocking and checked on the open descriptor, so a FIFO, a device such as /dev/zero or a
+    directory is refused without hanging or reading forever, even if it was swapped in late.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(path, flags)
     except FileNotFoundError:
-        raise CharLMError(f"checkpoint {str(path.parent)!r} has no {path.name}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CharLMError(f"checkpoint {str(path.parent)!r} has a corrupt {what} ({e})") from None
+        raise CharLMError(f"{what} has no {path.name}") from None
+    except OSError as e:
+        raise CharLMError(f"{what} has an unreadable {path.name} ({e.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CharLMError(f"{what} has a {path.name} that is not a regular file")
+        if info.st_size > max_bytes:
+            raise CharLMError(f"{what} has a {path.name} of {info.st_size:,} bytes, "
+                              f"over the limit of {_size(max_bytes)}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise CharLMError(f"{what} has an unreadable {path.name} ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # it grew while we read it
+        raise CharLMError(f"{what} has a {path.name} over the limit of {_size(max_bytes)}")
+    return data
+
+
+def read_json_file(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """The JSON object in ``path`` (see ``read_file``): strict UTF-8, no NaN or Infinity (which
+    Python's json would accept), no nesting deeper than Python can parse, an object at the top."""
+    def refuse_constant(name: str):
+        raise ValueError(f"{name} is not a JSON number")
+
+    data = read_file(path, what, max_bytes)
+    try:
+        value = json.loads(data.decode("utf-8"), parse_constant=refuse_constant)
+    except UnicodeDecodeError:
+        raise CharLMError(f"{what} has a corrupt {path.name} (it is not UTF-8 text)") from None
+    except RecursionError:
+        raise CharLMError(f"{what} has a corrupt {path.name} (nested too deeply)") from None
+    except ValueError as e:  # json.JSONDecodeError, NaN/Infinity, an integer too long to convert
+        raise CharLMError(f"{what} has a corrupt {path.name} ({str(e)[:200]})") from None
+    if not isinstance(value, dict):
+        raise CharLMError(f"{what} has a corrupt {path.name} (it must hold a JSON object, not {describe(value)})")
+    return value
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def _shape(shape) -> str:
+    dims = [str(d) for d in shape]
+    return "(" + ", ".join(dims if len(dims) <= 8 else [*dims[:8], "…"]) + ")"
+
+
+def _config_from(meta: dict, what: str) -> Config:
+    """The validated config of config.json, and its metrics and corpus sections checked for the
+    types the rest of charlm relies on."""
+    try:
+        config = Config.from_dict(meta.get("config"))
+    except CharLMError as e:
+        raise CharLMError(f"{what} has an invalid config.json: {e}") from None
+    for section in ("metrics", "corpus"):
+        if not isinstance(meta.get(section, {}), dict):
+            raise CharLMError(f"{what} has an invalid config.json: {section!r} must be an object, "
+                              f"not {describe(meta[section])}")
+    for key in ("path", "sha256"):
+        value = meta.get("corpus", {}).get(key)
+        if value is not None and not isinstance(value, str):
+            raise CharLMError(f"{what} has an invalid config.json: corpus {key} must be a string, "
+                              f"not {describe(value)}")
+    return config
+
+
+def _vocab_from(data: dict, what: str) -> tuple[Vocab, list[int] | None]:
+    try:
+        return Vocab.from_dict(data), Vocab.counts_from_dict(data)
+    except CharLMError as e:
+        raise CharLMError(f"{what} has an invalid vocab.json: {e}") from None
+
+
+def _check_weights(p: Path, config: Config, what: str) -> dict[str, tuple[int, ...]]:
+    """Check model.safetensors against the shapes the config needs, reading only its header and
+    before any tensor is allocated: the parameter count is capped, the file is a regular file of
+    a plausible size, and every tensor is present, expected, floating point and of the right
+    shape. Returns the expected shapes (name → shape)."""
+    m = config.model
+    sizes = (f"vocab_size {m.vocab_size}, embed_dim {m.embed_dim}, hidden_size {m.hidden_size}, "
+             f"num_layers {m.num_layers}")
+    try:
+        shapes = expected_shapes(m)
+    except RuntimeError:  # a shape too large for torch to describe at all
+        raise CharLMError(f"{what} has a config.json describing a model too large to build ({sizes})") from None
+    n = sum(math.prod(s) for s in shapes.values())
+    if n > MAX_PARAMETERS:
+        raise CharLMError(f"{what} has a config.json describing a model of {n:,} parameters ({sizes}); "
+                          f"charlm loads at most {MAX_PARAMETERS:,}")
+    path = p / WEIGHTS
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise CharLMError(f"{what} has no {WEIGHTS}") from None
+    except OSError as e:
+        raise CharLMError(f"{what} has an unreadable {WEIGHTS} ({e.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CharLMError(f"{what} has a {WEIGHTS} that is not a regular file")
+    limit = n * max(FLOAT_DTYPES.values()) + WEIGHTS_SLACK_BYTES
+    if info.st_size > limit:
+        raise CharLMError(f"{what} has a {WEIGHTS} of {info.st_size:,} bytes, more than the "
+                          f"{_size(limit)} a model of {n:,} parameters can take")
+    try:
+        with safe_open(str(path), "pt") as f:
+            names = set(f.keys())
+            missing = [k for k in shapes if k not in names]
+            if missing:
+                raise CharLMError(f"{what} is inconsistent: tensor {missing[0]} is missing from {WEIGHTS}"
+                                  + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else ""))
+            unexpected = sorted(names - shapes.keys())
+            if unexpected:
+                raise CharLMError(f"{what} is inconsistent: {WEIGHTS} holds tensor {describe(unexpected[0])}, "
+                                  f"which its config does not describe")
+            for name, shape in shapes.items():
+                tensor = f.get_slice(name)
+                dtype, got = tensor.get_dtype(), tuple(tensor.get_shape())
+                if dtype not in FLOAT_DTYPES:
+                    raise CharLMError(f"{what} has tensor {name} of type {describe(dtype)} in {WEIGHTS}; "
+                                      f"weights must be floating point")
+                if got != shape:
+                    raise CharLMError(f"{what} is inconsistent: tensor {name} has shape {_shape(got)} in "
+                                      f"{WEIGHTS} but the config needs {_shape(shape)}")
+    except (SafetensorError, OSError) as e:
+        raise CharLMError(f"{what} has corrupt weights ({WEIGHTS} is not a readable safetensors file: "
+                          f"{str(e).splitlines()[0][:200]})") from None
+    return shapes
+
+
+def _check_finite(model: CharLM, names, what: str) -> None:
+    state = model.state_dict()
+    for name in names:
+        if not bool(torch.isfinite(state[name]).all()):
+            raise CharLMError(f"{what} has non-finite weights in tensor {name}")
+
+
+def _read_lines(p: Path, what: str) -> set[str] | None:
+    if not os.path.lexists(p / LINES):
+        return None
+    try:
+        text = read_file(p / LINES, what, MAX_LINES_BYTES).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CharLMError(f"{what} has a corrupt {LINES} (it is not UTF-8 text)") from None
+    return set(text.split("\n")) - {""}
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -254,24 +413,24 @@ def load(path: str | Path) -> Checkpoint:
         raise CharLMError(f"checkpoint {str(p)!r} does not exist")
     if not p.is_dir():
         raise CharLMError(f"checkpoint {str(p)!r} is not a directory (a checkpoint is a folder with {CONFIG})")
+    what = f"checkpoint {str(p)!r}"
     d = unit_dir(p)  # the files of one unit, however often a trainer switches it meanwhile
     if not d.is_dir():
-        raise CharLMError(f"checkpoint {str(p)!r} is damaged: its {BEST} link points to nothing")
-    meta = _read_json(d / CONFIG, "config.json")
+        raise CharLMError(f"{what} is damaged: its {BEST} link points to nothing")
+    meta = read_json_file(d / CONFIG, what)
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CharLMError(
-            f"checkpoint {str(p)!r} has format version {version!r}; this charlm reads version {FORMAT_VERSION}"
+            f"checkpoint {str(p)!r} has format version {describe(version)}; this charlm reads version {FORMAT_VERSION}"
         )
-    config = Config.from_dict(meta.get("config", {}))
-    vocab_data = _read_json(d / VOCAB, "vocab.json")
-    vocab = Vocab.from_dict(vocab_data)
+    config = _config_from(meta, what)
+    vocab_data = read_json_file(d / VOCAB, what)
+    vocab, counts = _vocab_from(vocab_data, what)
     if config.model.vocab_size != len(vocab):
         raise CharLMError(f"checkpoint {str(p)!r} is inconsistent: config says {config.model.vocab_size} "
                           f"characters, vocabulary has {len(vocab)}")
+    shapes = _check_weights(d, config, what)
     model = CharLM(config.model)
-    if not (d / WEIGHTS).is_file():
-        raise CharLMError(f"checkpoint {str(p)!r} has no {WEIGHTS}")
     try:
         missing, unexpected = load_model(model, str(d / WEIGHTS), strict=False)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
@@ -279,12 +438,10 @@ def load(path: str | Path) -> Checkpoint:
     if missing or unexpected:
         raise CharLMError(f"checkpoint {str(p)!r} weights do not match its config "
                           f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
+    _check_finite(model, shapes, what)
     model.eval()
-    lines = None
-    if (d / LINES).is_file():
-        lines = set((d / LINES).read_text(encoding="utf-8").split("\n")) - {""}
     return Checkpoint(model, config, vocab, p, meta.get("metrics", {}), meta.get("corpus", {}),
-                      vocab_data.get("counts"), lines)
+                      counts, _read_lines(d, what))
 
 
 def render_lines(lines: set[str]) -> str:
@@ -323,7 +480,7 @@ def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) 
 def read_metrics(path: str | Path) -> dict:
     """The metrics recorded with the best checkpoint at ``path`` ({} when there are none)."""
     try:
-        meta = _read_json(config_path(Path(path)), "config.json")
+        meta = read_json_file(config_path(Path(path)), f"checkpoint {str(path)!r}")
     except CharLMError:
         return {}
     metrics = meta.get("metrics") if isinstance(meta, dict) else None
@@ -356,7 +513,7 @@ def read_resume(path: str | Path) -> dict:
     r = unit_dir(Path(path), RESUME)
     if not (r / "state.json").is_file():
         raise CharLMError(f"nothing to resume in {str(path)!r} (no {RESUME}/state.json)")
-    state = _read_json(r / "state.json", "resume state")
+    state = read_json_file(r / "state.json", f"the resume state in {str(path)!r}")
     if not isinstance(state, dict) or state.get("format_version") != RESUME_FORMAT_VERSION:
         raise CharLMError(f"the resume state in {str(path)!r} was written by another version of charlm "
                           f"(format {state.get('format_version') if isinstance(state, dict) else None!r}, "
@@ -368,8 +525,7 @@ def read_resume_vocab(path: str | Path) -> tuple[Vocab, list[int] | None]:
     """The vocabulary a resumable run was trained with (older runs kept it only in best/)."""
     r = unit_dir(Path(path), RESUME)
     source = r / VOCAB if (r / VOCAB).is_file() else unit_dir(Path(path)) / VOCAB
-    data = _read_json(source, "vocab.json")
-    return Vocab.from_dict(data), data.get("counts")
+    return _vocab_from(read_json_file(source, f"the run in {str(path)!r}"), f"the run in {str(path)!r}")
 
 
 def load_resume(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer

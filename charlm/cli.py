@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -36,7 +37,7 @@ EncodingOpt = Annotated[str, typer.Option("--encoding", help="Text encoding of t
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # a message may quote a file's text
     raise typer.Exit(code)
 
 
@@ -433,7 +434,9 @@ def eval_(
         _fail(str(e))
         return
     if as_json:
-        print(json.dumps({"checkpoint": str(ckpt.path), "corpus": source, **result.to_dict()}, ensure_ascii=False))
+        # allow_nan=False: NaN is not JSON; evaluate() refuses non-finite figures before this
+        print(json.dumps({"checkpoint": str(ckpt.path), "corpus": source, **result.to_dict()}, ensure_ascii=False,
+                         allow_nan=False))
         return
     table = Table(title=f"{ckpt.path} on {source}")
     table.add_column("metric")

@@ -5,14 +5,23 @@ Each default is written once, here; the CLI reads its defaults from these classe
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 
-from charlm.errors import CharLMError
+from charlm.errors import CharLMError, describe
 
 CELLS = ("lstm", "gru", "rnn", "irnn")
 DEFAULT_EPOCHS = 10  # the budget of a run given none
 SEED_MAX = 2**63 - 1  # the largest seed torch.Generator.manual_seed and numpy both take
 PRECISIONS = ("auto", "bf16", "fp32")
+# Bounds far beyond any model this project trains; they keep a hostile config.json from asking for
+# a model whose mere description (not yet its weights) is too big to lay out.
+MAX_SIZE = 2**24  # vocab_size, embed_dim, hidden_size
+MAX_LAYERS = 1024
+MAX_CUTOFFS = 16
+MAX_STRING = 64  # characters in a string setting (cell, precision, encoding, ...)
 
 
 @dataclass
@@ -32,14 +41,23 @@ class ModelConfig:
     cutoffs: list[int] | None = None  # adaptive softmax cluster bounds; chosen from vocab_size if None
 
     def __post_init__(self) -> None:
-        _check(self.embed_dim >= 1, "--embed must be at least 1")
-        _check(self.hidden_size >= 1, "--hidden must be at least 1")
-        _check(self.num_layers >= 1, "--layers must be at least 1")
+        _check(0 <= self.vocab_size <= MAX_SIZE, f"vocab_size must be in [0, {MAX_SIZE:,}]")
+        _check(1 <= self.embed_dim <= MAX_SIZE, f"--embed (embed_dim) must be in [1, {MAX_SIZE:,}]")
+        _check(1 <= self.hidden_size <= MAX_SIZE, f"--hidden (hidden_size) must be in [1, {MAX_SIZE:,}]")
+        _check(1 <= self.num_layers <= MAX_LAYERS, f"--layers (num_layers) must be in [1, {MAX_LAYERS}]")
         _check(0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)")
         _check(0.0 <= self.embed_dropout < 1.0, "--embed-dropout must be in [0, 1)")
-        _check(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}")
-        _check(self.conv_kernel == 0 or self.conv_kernel >= 2, "--conv-kernel must be 0 (off) or at least 2")
-        _check(self.softmax in ("full", "adaptive"), "--softmax must be full or adaptive")
+        _check(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, not {describe(self.cell)}")
+        _check(self.conv_kernel == 0 or 2 <= self.conv_kernel <= MAX_SIZE,
+               f"--conv-kernel (conv_kernel) must be 0 (off) or in [2, {MAX_SIZE:,}]")
+        _check(self.softmax in ("full", "adaptive"),
+               f"--softmax must be full or adaptive, not {describe(self.softmax)}")
+        if self.cutoffs is not None:
+            c = self.cutoffs
+            _check(1 <= len(c) <= MAX_CUTOFFS and all(a < b for a, b in zip([0, *c], c)),
+                   f"cutoffs must be 1 to {MAX_CUTOFFS} increasing positive integers")
+            _check(self.vocab_size == 0 or c[-1] < self.vocab_size,
+                   f"cutoffs must be below vocab_size ({self.vocab_size})")
         if self.softmax == "adaptive":
             self.tie_weights = False  # the adaptive softmax has its own output matrices
 
@@ -100,7 +118,8 @@ class TrainConfig:
             self.epochs = DEFAULT_EPOCHS
         _check(self.unk_alpha is None or self.unk_alpha >= 0, "--unk-alpha must be 'auto' or a number >= 0")
         _check(0.0 <= self.ema < 1.0, "--ema must be in [0, 1) (0 turns averaging off)")
-        _check(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
+        _check(self.precision in PRECISIONS,
+               f"--precision must be one of {', '.join(PRECISIONS)}, not {describe(self.precision)}")
 
 
 @dataclass
@@ -114,18 +133,62 @@ class Config:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Config":
-        try:
-            train = dict(data["train"])
-            train.setdefault("unk_alpha", 0.0)  # written before --unk-alpha existed: trained without it
-            return cls(model=_build(ModelConfig, data["model"]), train=_build(TrainConfig, train))
-        except (KeyError, TypeError) as e:
-            raise CharLMError(f"config is malformed ({e})") from None
+    def from_dict(cls, data: object) -> "Config":
+        """Strict: each section an object, each known field of its declared type (a bool is
+        not an int, a float must be finite), then the ranges of ``__post_init__``. Missing
+        fields take their defaults and unknown ones are ignored, so older and newer files load."""
+        _check(isinstance(data, dict), f"the config must be an object, not {describe(data)}")
+        for section in ("model", "train"):
+            _check(section in data, f"the config has no {section!r} section")
+        train = _build(TrainConfig, "train", data["train"])
+        train.setdefault("unk_alpha", 0.0)  # written before --unk-alpha existed: trained without it
+        return cls(model=ModelConfig(**_build(ModelConfig, "model", data["model"])), train=TrainConfig(**train))
 
 
-def _build(cls, data: dict):
-    known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in known})
+def _build(cls, section: str, data: object) -> dict:
+    """The known fields of ``data``, each checked against the dataclass's type annotation."""
+    _check(isinstance(data, dict), f"config section {section!r} must be an object, not {describe(data)}")
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in fields(cls):
+        if f.init and f.name in data:
+            value = data[f.name]
+            _check(_fits(value, hints[f.name]),
+                   f"config field {section}.{f.name} must be {_kind(hints[f.name])}, not {describe(value)}")
+            out[f.name] = value
+    return out
+
+
+def _fits(value: object, hint) -> bool:
+    """Whether a JSON value matches a field annotation: int, float, bool, str, list[int], X | None."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str) and len(value) <= MAX_STRING
+    return False
+
+
+def _kind(hint) -> str:
+    """An annotation in words, for the error message."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_kind(h) for h in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_kind(typing.get_args(hint)[0]).removeprefix('an ').removeprefix('a ')}s"
+    return {int: "an integer", float: "a finite number", bool: "true or false",
+            str: f"a string of at most {MAX_STRING} characters", type(None): "null"}.get(hint, str(hint))
 
 
 def _check(ok: bool, message: str) -> None:

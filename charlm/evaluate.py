@@ -14,11 +14,13 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from charlm.errors import CharLMError
 from charlm.model import CharLM
 from charlm.vocab import UNK_ID, Vocab
 
 LN2 = math.log(2.0)
 IGNORE = -100
+_MAX_LOSS = 700.0  # nats per character; exp() of more overflows a float (a uniform guess over 10^300 characters)
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,10 @@ def evaluate(model: CharLM, vocab: Vocab, text: str, counts: list[int] | None = 
     poems = [line for line in text.split("\n") if line.strip()]
     ids = torch.tensor(vocab.encode(join_poems(poems)), dtype=torch.long)
     s = score(model, ids)
+    # finite weights can still overflow fp32 into inf or nan: that is a broken model, not a figure
+    if not (math.isfinite(s.nll) and math.isfinite(s.nll_unknown)) or s.loss > _MAX_LOSS:
+        raise CharLMError(f"the model's loss on this text is not a usable number ({s.loss:.4g} nats per "
+                          f"character): its weights are broken")
     return EvalResult(
         loss=s.loss, bpc=s.bpc, perplexity=math.exp(s.loss), accuracy=s.correct / max(1, s.chars),
         chars=s.chars, unknown_chars=s.unknown,

@@ -235,3 +235,15 @@ def detach_state(state: State) -> State:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every tensor in a saved CharLM(config), without allocating any memory:
+    the model is built on the meta device. A tied output weight appears once, under the
+    embedding's name, as ``safetensors.torch.save_model`` writes it. Raises RuntimeError when a
+    shape is too large for torch to describe (the caller turns that into a sentence)."""
+    with torch.device("meta"):
+        model = CharLM(config)
+    unique = dict(model.named_parameters())  # the first name of each shared parameter
+    unique.update(model.named_buffers())
+    return {name: tuple(t.shape) for name, t in unique.items()}

@@ -29,7 +29,7 @@ from charlm import checkpoint
 from charlm.config import Config, TrainConfig
 from charlm.data import (epoch_stream, get_window, good_turing_alpha, join_poems, poem_lines, sha256_text,
                          split_poems, unk_probabilities)
-from charlm.errors import CharLMError
+from charlm.errors import CharLMError, describe
 from charlm.evaluate import score
 from charlm.model import CharLM
 from charlm.vocab import EOS_ID, UNK_ID, Vocab, detect_script, normalize
@@ -266,12 +266,21 @@ class TrainState:
 
     @classmethod
     def from_counters(cls, data: dict, carried: tuple[torch.Tensor, ...] | None) -> "TrainState":
-        try:
-            st = cls(**{k: data[k] for k in cls.COUNTERS}, carried=carried)
-        except (KeyError, TypeError) as e:
-            raise CharLMError(f"the resume state is incomplete ({e}); it was written by another "
-                              f"version of charlm and cannot be resumed") from None
+        missing = [k for k in cls.COUNTERS if k not in data]
+        if missing:
+            raise CharLMError(f"the resume state is incomplete (no {missing[0]}) and cannot be resumed")
+        ints = ("batch_size", "step", "epoch", "window", "skipped", "bad_streak")
+        for k in cls.COUNTERS:
+            v = data[k]
+            ok = (isinstance(v, int) and not isinstance(v, bool) and v >= 0 if k in ints else
+                  v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+                  if k in ("best_step", "last_valid_step") else
+                  v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)))
+            if not ok or (k == "elapsed" and v is None):
+                raise CharLMError(f"the resume state is damaged: {k} is {describe(v)}")
+        st = cls(**{k: data[k] for k in cls.COUNTERS}, carried=carried)
         st.best_bpc = math.inf if st.best_bpc is None else float(st.best_bpc)
+        st.batch_size = max(1, st.batch_size)
         return st
 
     def epochs_done(self, windows: int) -> float:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable
 
-from charlm.errors import CharLMError
+from charlm.errors import CharLMError, describe
 
 VOCAB_FORMAT_VERSION = 1
 UNK = "<unk>"
@@ -114,9 +114,11 @@ class Vocab:
         if self.chars[:2] != [UNK, EOS]:
             raise CharLMError("vocabulary must start with <unk> and newline")
         if len(set(self.chars)) != len(self.chars):
-            raise CharLMError("vocabulary has repeated characters")
+            seen: set[str] = set()
+            repeated = next(c for c in self.chars if c in seen or seen.add(c))
+            raise CharLMError(f"the vocabulary lists {describe(repeated)} more than once")
         if self.script not in ("none", "simplified", "traditional"):
-            raise CharLMError(f"unknown script {self.script!r} in vocabulary")
+            raise CharLMError(f"unknown script {describe(self.script)} in vocabulary")
         self._index = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
@@ -165,17 +167,40 @@ class Vocab:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Vocab":
+    def from_dict(cls, data: object) -> "Vocab":
+        """Strict: ``chars`` is a list of strings, each exactly one character but <unk>; the
+        order and uniqueness rules are ``__post_init__``'s."""
+        if not isinstance(data, dict):
+            raise CharLMError(f"the vocabulary must be an object, not {describe(data)}")
         version = data.get("format_version")
         if version != VOCAB_FORMAT_VERSION:
             raise CharLMError(
-                f"vocabulary format version {version!r} is not supported "
+                f"vocabulary format version {describe(version)} is not supported "
                 f"(this charlm reads version {VOCAB_FORMAT_VERSION})"
             )
-        try:
-            return cls(list(data["chars"]), script=data.get("script", "none"))
-        except (KeyError, TypeError) as e:
-            raise CharLMError(f"vocabulary is malformed ({e})") from None
+        chars = data.get("chars")
+        if not isinstance(chars, list):
+            raise CharLMError(f"the vocabulary's chars must be a list, not {describe(chars)}")
+        for i, c in enumerate(chars):
+            if not isinstance(c, str) or (len(c) != 1 and not (i == UNK_ID and c == UNK)):
+                raise CharLMError(f"vocabulary entry {i} must be a single character, not {describe(c)}")
+        return cls(chars, script=data.get("script", "none"))
+
+    @staticmethod
+    def counts_from_dict(data: dict) -> list[int] | None:
+        """The training-text frequency of each entry stored beside ``chars`` (call after
+        ``from_dict``): absent, or one integer >= 0 per entry."""
+        counts = data.get("counts")
+        if counts is None:
+            return None
+        n = len(data["chars"])
+        if not isinstance(counts, list) or len(counts) != n:
+            raise CharLMError(f"the vocabulary's counts must be a list of {n} integers (one per entry), "
+                              f"not {describe(counts)}")
+        for i, c in enumerate(counts):
+            if not isinstance(c, int) or isinstance(c, bool) or c < 0:
+                raise CharLMError(f"vocabulary count {i} must be an integer >= 0, not {describe(c)}")
+        return counts
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, indent=0)
