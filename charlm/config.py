@@ -11,6 +11,9 @@ from charlm.errors import CharLMError
 
 CELLS = ("lstm", "gru", "rnn", "irnn")
 PRECISIONS = ("auto", "bf16", "fp32")
+# Seeds are 0 … SEED_MAX: what fits a signed 64-bit integer, which torch.Generator.manual_seed,
+# numpy's generators and JSON readers all take as it is (manual_seed wraps negative seeds).
+SEED_MAX = 2**63 - 1
 
 
 @dataclass
