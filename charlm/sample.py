@@ -175,6 +175,9 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
         if finished.all():
             break
         logits, state = _step(model, tok, state)
+    if spec.acrostic and spec.form is None and not finished.all():  # a form's step count always suffices
+        raise CharLMError(f"a poem did not reach the end of its acrostic within --max-chars {settings.max_chars}; "
+                          "raise --max-chars")
     results = [Result(prompt + "".join(o), float(logp[b]), int(count[b]), slots[b].pattern_name)
                for b, o in enumerate(out)]
     return [max(results[i * best_of : (i + 1) * best_of], key=lambda r: r.score) for i in range(n)]
