@@ -15,13 +15,13 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from charlm.config import DEFAULT_EPOCHS, SEED_MAX, Config, ModelConfig, TrainConfig, parse_duration, parse_unk_alpha
 from charlm.errors import CharLMError
+from charlm.vocab import is_unprintable, printable
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -36,9 +36,50 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object ins
 EncodingOpt = Annotated[str, typer.Option("--encoding", help="Text encoding of the corpus file, e.g. gbk.")]
 
 
+# -- showing user text -------------------------------------------------------------------------
+# Paths, prompts, poems, samples and library messages are data, never rich markup: they reach rich
+# as Text (so `a[bold]b` stays `a[bold]b` and `[/` cannot crash), with unprintable characters
+# escaped (an ESC in a poems file is shown as \x1b, not obeyed by the terminal).
+
+def _literal(text: object, style: str = "") -> Text:
+    """User text for rich: printed as it is, never parsed as markup, unprintable characters escaped."""
+    return Text(printable(str(text)), style=style)
+
+
+def _say(label: str, style: str, message: object) -> None:
+    """One diagnostic line on stderr: a styled label, then the message literally."""
+    err.print(Text.assemble((label, style), " ", _literal(message)), soft_wrap=True)
+
+
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # a message may quote a file's text
+    _say("error:", "bold red", message)
     raise typer.Exit(code)
+
+
+def _print_line(text: str) -> None:
+    """A poem or sample on stdout, one line, unprintable characters escaped."""
+    print(printable(text), flush=True)
+
+
+def _json_escape(ch: str) -> str:
+    cp = ord(ch)
+    if cp > 0xFFFF:  # JSON writes astral characters as a surrogate pair
+        cp -= 0x10000
+        return f"\\u{0xD800 + (cp >> 10):04x}\\u{0xDC00 + (cp & 0x3FF):04x}"
+    return f"\\u{cp:04x}"
+
+
+def _dumps(data: dict) -> str:
+    """One JSON object for stdout: strict JSON (a NaN or infinity is refused with a sentence), with
+    unprintable characters as \\u escapes so a reader gets them back and a terminal shows them."""
+    try:
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise CharLMError("the result holds a number that is not finite (NaN or infinity), which JSON cannot "
+                          "carry; the checkpoint's weights may be broken") from None
+    if text.isprintable():
+        return text
+    return "".join(_json_escape(c) if is_unprintable(c) else c for c in text)
 
 
 def _load(checkpoint_dir: Optional[Path]):
@@ -46,7 +87,7 @@ def _load(checkpoint_dir: Optional[Path]):
 
     path, why = checkpoint.find_default(checkpoint_dir)
     ckpt = checkpoint.load(path)
-    err.print(f"[dim]checkpoint: {path} ({why})[/]")
+    err.print(_literal(f"checkpoint: {path} ({why})", style="dim"), soft_wrap=True)
     return ckpt
 
 
@@ -109,12 +150,6 @@ class _Display:
             line.append(" best", style="green")
         line.append("  " + printable(sample))
         self._show(lambda: self.progress.console.print(line, soft_wrap=True))
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (other than tab) written as escapes, so nothing a file or a
-    model holds can move the cursor or recolour the terminal."""
-    return "".join(c if c == "\t" or (c.isprintable() or c == " ") else repr(c)[1:-1] for c in text)
 
 
 # Each training option and the configuration field it sets: what --resume compares and keeps.
@@ -222,21 +257,21 @@ def train(
         _fail(str(e))
         return
     table = Table(title="training summary", show_header=False)
-    table.add_row("checkpoint", Text(str(result.out)))
+    table.add_row("checkpoint", _literal(result.out))
     table.add_row("steps", f"{result.steps:,} ({result.epochs_done:.2f} epochs)")
     table.add_row("time", f"{result.elapsed:.0f} s")
     table.add_row("last training bpc", f"{result.last_train_bpc:.3f}")
     table.add_row("best validation bpc", f"{result.best_valid_bpc:.3f}")
     if result.skipped:
         table.add_row("updates skipped (not finite)", f"{result.skipped:,}")
-    _say(table)
+    _report(table)
     if result.interrupted:
         hint = f"charlm train {shlex.quote(str(corpus))} --out {shlex.quote(str(result.out))} --resume"
-        _say(Text(f"stopped by {result.interrupted}; continue with: {hint}"))
+        _report(Text.assemble(f"stopped by {result.interrupted}; continue with: ", _literal(hint)))
         raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
 
 
-def _say(renderable) -> None:
+def _report(renderable) -> None:
     """Print to stderr; a closed stderr (a terminal gone) is no reason to fail a finished run."""
     try:
         err.print(renderable, soft_wrap=True)
@@ -255,10 +290,13 @@ TonesOpt = Annotated[bool, typer.Option("--tones", help="Follow the 平仄 patte
 NovelOpt = Annotated[bool, typer.Option("--novel", help="No line may copy a line of the training text verbatim.")]
 BestOfOpt = Annotated[int, typer.Option("--best-of", help="Sample K candidates per poem, keep the likeliest per character.", min=1)]
 BeamOpt = Annotated[int, typer.Option("--beam", help="Beam search of this width instead of sampling (needs --form).", min=0)]
-TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature (> 0); lower is safer.")]
+TemperatureOpt = Annotated[float, typer.Option(help=(
+    "Sampling temperature, a finite number > 0; lower is safer. Scores are scaled as (logit − best) / T, "
+    "so a tiny T such as 1e-9 always takes the likeliest character (greedy) and a huge one samples uniformly."))]
 TopKOpt = Annotated[int, typer.Option(help="Sample among the k likeliest characters (0 = off).")]
 TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling: smallest set with this probability mass, in (0, 1].")]
-SeedOpt = Annotated[Optional[int], typer.Option(help="Seed for reproducible samples.")]
+SeedOpt = Annotated[Optional[int], typer.Option(
+    help="Seed for reproducible samples, 0 … 2**63 − 1.", min=0, max=SEED_MAX)]
 
 
 def _poem_spec(vocab, form, acrostic, rhyme, rhyme_first, tones, novel):
@@ -277,12 +315,13 @@ def _sample(ckpt, prompt, n, spec, settings, best_of, beam, seed, on_char=None):
     """Run the sampler the options ask for; returns charlm.sample.Result objects."""
     import torch
 
-    from charlm.sample import beam_poems, sample_poems
+    from charlm.sample import beam_poems, check_prompt, sample_poems
 
     text = ckpt.vocab.normalize(prompt)
+    check_prompt(text)
     unknown = ckpt.vocab.unknown(text)
     if unknown:
-        err.print(f"[yellow]warning:[/] not in this model's vocabulary, read as unknown: {' '.join(unknown)}")
+        _say("warning:", "yellow", f"not in this model's vocabulary, read as unknown: {' '.join(unknown)}")
     if beam:
         return beam_poems(ckpt.model, ckpt.vocab, text, n, spec=spec, beam=beam, lines=ckpt.lines)
     g = torch.Generator()
@@ -313,19 +352,21 @@ def _panel(result, checks, index):
         if value:
             bits.append(value.replace(checks.get("form") or "\0", "").strip() if value == pattern else value)
     info = Text(" · ".join(b for b in bits if b), style="dim")
-    body = Group(*(Align.center(Text(l)) for l in lines), Text(""), Align.center(info))
+    body = Group(*(Align.center(_literal(l)) for l in lines), Text(""), Align.center(info))
     return Panel(body, title=f"#{index + 1}", expand=False, padding=(0, 2))
 
 
 @app.command()
 def generate(
     checkpoint: CheckpointOpt = None,
-    prompt: Annotated[str, typer.Option(help="Text the poem starts with (traditional characters are accepted).")] = "",
+    prompt: Annotated[str, typer.Option(help=(
+        "Text the poem starts with (traditional characters are accepted); one line: a newline ends a poem, "
+        "so a prompt holding one, or another control character, is refused."))] = "",
     n: Annotated[int, typer.Option("-n", help="Number of poems, decoded together in one batch.", min=1)] = 1,
     temperature: TemperatureOpt = 0.8,
     top_k: TopKOpt = 0,
     top_p: TopPOpt = 1.0,
-    max_chars: Annotated[int, typer.Option(help="Stop a poem after this many new characters.")] = 200,
+    max_chars: Annotated[int, typer.Option(help="Stop a poem after this many new characters (at least 1).")] = 200,
     seed: SeedOpt = None,
     form: FormOpt = None,
     acrostic: AcrosticOpt = None,
@@ -354,8 +395,8 @@ def generate(
         nonlocal started
         if not started:  # the prompt goes out with the first new character, once nothing can fail
             started = True
-            sys.stdout.write(ckpt.vocab.normalize(prompt))
-        sys.stdout.write(ch)
+            sys.stdout.write(printable(ckpt.vocab.normalize(prompt)))
+        sys.stdout.write(printable(ch))
         sys.stdout.flush()
 
     try:
@@ -364,19 +405,18 @@ def generate(
         spec = _poem_spec(ckpt.vocab, form, acrostic, rhyme, rhyme_first, tones, novel)
         results = _sample(ckpt, prompt, n, spec, settings, best_of, beam, seed, on_char=emit if stream else None)
         if stream:
-            sys.stdout.write(("" if started else results[0].text) + "\n")
+            sys.stdout.write(("" if started else printable(results[0].text)) + "\n")
         elif as_json:
             poems = [{"text": r.text, "logprob": r.logprob, "score": r.score, "pattern": r.pattern,
                       "checks": _checks(r.text, spec)} for r in results]
-            print(json.dumps({"checkpoint": str(ckpt.path), "samples": [r.text for r in results], "poems": poems},
-                             ensure_ascii=False))
+            print(_dumps({"checkpoint": str(ckpt.path), "samples": [r.text for r in results], "poems": poems}))
         elif fancy:
             out = Console()
             for i, r in enumerate(results):
                 out.print(_panel(r, _checks(r.text, spec), i))
         else:
             for r in results:
-                print(r.text, flush=True)
+                _print_line(r.text)
     except CharLMError as e:
         _fail(str(e))
     except BrokenPipeError:  # e.g. `charlm generate -n 9 | head -1`
@@ -428,17 +468,15 @@ def eval_(
         else:
             text, warnings, source = ckpt.vocab.normalize(read_corpus(corpus, encoding)), [], str(corpus)
         for w in warnings:
-            err.print(f"[yellow]warning:[/] {w}")
+            _say("warning:", "yellow", w)
         result = evaluate(ckpt.model, ckpt.vocab, text, ckpt.counts)
+        if as_json:
+            print(_dumps({"checkpoint": str(ckpt.path), "corpus": source, **result.to_dict()}))
+            return
     except CharLMError as e:
         _fail(str(e))
         return
-    if as_json:
-        # allow_nan=False: NaN is not JSON; evaluate() refuses non-finite figures before this
-        print(json.dumps({"checkpoint": str(ckpt.path), "corpus": source, **result.to_dict()}, ensure_ascii=False,
-                         allow_nan=False))
-        return
-    table = Table(title=f"{ckpt.path} on {source}")
+    table = Table(title=_literal(f"{ckpt.path} on {source}"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("loss (nats/char)", f"{result.loss:.4f}")
@@ -481,17 +519,17 @@ def _judge(checkpoint, poems_file, generate_n, form, acrostic, rhyme, rhyme_firs
                 from charlm.poetry import parse_form
 
                 parsed = parse_form(form)
-            raw = read_corpus(poems_file, encoding)
+            raw = read_corpus(poems_file, encoding, what="poems file")
             texts = [line.strip() for line in raw.split("\n") if line.strip()]
             if ckpt is not None:
                 texts = [ckpt.vocab.normalize(t) for t in texts]
         reports, summary = judge(texts, parsed, ckpt.lines if ckpt is not None else None)
+        if as_json:
+            print(_dumps({"checkpoint": str(ckpt.path) if ckpt else None,
+                          "poems": [r.__dict__ for r in reports], "summary": summary.to_dict()}))
+            return
     except CharLMError as e:
         _fail(str(e))
-        return
-    if as_json:
-        print(json.dumps({"checkpoint": str(ckpt.path) if ckpt else None,
-                          "poems": [r.__dict__ for r in reports], "summary": summary.to_dict()}, ensure_ascii=False))
         return
     out = Console()
     table = Table(title="poems")
@@ -500,8 +538,8 @@ def _judge(checkpoint, poems_file, generate_n, form, acrostic, rhyme, rhyme_firs
     yes = lambda v: "–" if v is None else ("✓" if v else "✗")  # noqa: E731
     for i, r in enumerate(reports):
         tone = "–" if r.tone_agreement is None else f"{r.tone_agreement:.0%}"
-        table.add_row(str(i + 1), r.text, f"{yes(r.form_valid)} {r.form or ''}", yes(r.rhyme_valid), tone,
-                      f"{r.copied_lines}/{r.lines}", r.longest_copy)
+        table.add_row(str(i + 1), _literal(r.text), f"{yes(r.form_valid)} {r.form or ''}", yes(r.rhyme_valid), tone,
+                      f"{r.copied_lines}/{r.lines}", _literal(r.longest_copy))
     out.print(table)
     tot = Table(title="summary", show_header=False)
     pct = lambda v: "–" if v is None else f"{v:.1%}"  # noqa: E731
@@ -512,7 +550,7 @@ def _judge(checkpoint, poems_file, generate_n, form, acrostic, rhyme, rhyme_firs
     tot.add_row("tone-valid poems", pct(summary.tone_valid))
     tot.add_row("distinct-1 / distinct-2", f"{summary.distinct_1:.3f} / {summary.distinct_2:.3f}")
     tot.add_row("copy rate (lines)", pct(summary.copy_rate))
-    tot.add_row("longest copied span", summary.longest_copy or "–")
+    tot.add_row("longest copied span", _literal(summary.longest_copy or "–"))
     out.print(tot)
 
 

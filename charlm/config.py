@@ -14,7 +14,6 @@ from charlm.errors import CharLMError, describe
 
 CELLS = ("lstm", "gru", "rnn", "irnn")
 DEFAULT_EPOCHS = 10  # the budget of a run given none
-SEED_MAX = 2**63 - 1  # the largest seed torch.Generator.manual_seed and numpy both take
 PRECISIONS = ("auto", "bf16", "fp32")
 # Bounds far beyond any model this project trains; they keep a hostile config.json from asking for
 # a model whose mere description (not yet its weights) is too big to lay out.
@@ -22,6 +21,9 @@ MAX_SIZE = 2**24  # vocab_size, embed_dim, hidden_size
 MAX_LAYERS = 1024
 MAX_CUTOFFS = 16
 MAX_STRING = 64  # characters in a string setting (cell, precision, encoding, ...)
+# Seeds are 0 … SEED_MAX: what fits a signed 64-bit integer, which torch.Generator.manual_seed,
+# numpy's generators and JSON readers all take as it is (manual_seed wraps negative seeds).
+SEED_MAX = 2**63 - 1
 
 
 @dataclass

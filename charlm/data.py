@@ -19,6 +19,7 @@ window edge, the state does not). The state starts from zero at each epoch.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,26 +30,50 @@ import torch
 from charlm.errors import CharLMError
 
 
-def read_corpus(path: str | Path, encoding: str = "utf-8") -> str:
-    """The file's text, decoded strictly. Errors are sentences a user can act on."""
+# Byte-order marks of the wider Unicode encodings; UTF-32 LE first, since it starts with UTF-16 LE's.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32", "utf-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32", "utf-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16", "utf-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16", "utf-16"),
+)
+
+
+def read_corpus(path: str | Path, encoding: str = "utf-8", what: str = "corpus") -> str:
+    """The file's text, decoded strictly. Errors are sentences a user can act on; ``what`` names
+    the file in them (e.g. "poems file")."""
     p = Path(path)
     if not p.exists():
-        raise CharLMError(f"corpus file {str(p)!r} does not exist")
+        raise CharLMError(f"{what} {str(p)!r} does not exist")
     if p.is_dir():
-        raise CharLMError(f"corpus {str(p)!r} is a directory, not a text file")
-    raw = p.read_bytes()
+        raise CharLMError(f"{what} {str(p)!r} is a directory, not a text file")
     try:
-        text = raw.decode(encoding)
+        codec = codecs.lookup(encoding).name
     except LookupError:
         raise CharLMError(f"unknown encoding {encoding!r}") from None
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise CharLMError(f"cannot read {what} {str(p)!r}: {e.strerror or e}") from None
+    wide = codec.startswith(("utf-16", "utf-32"))  # these legitimately hold NUL bytes
+    if not wide:
+        for bom, name, option in _BOMS:
+            if raw.startswith(bom):
+                raise CharLMError(f"{what} {str(p)!r} is {name} text (it starts with a {name} byte-order mark); "
+                                  f"convert it to UTF-8 or pass --encoding {option}")
+        if b"\0" in raw:
+            raise CharLMError(f"{what} {str(p)!r} holds NUL bytes (the first at offset {raw.index(0)}), so it is "
+                              f"a binary file or UTF-16/UTF-32 text without a byte-order mark, not {encoding} text")
+    try:
+        text = raw.decode(encoding)
     except UnicodeDecodeError as e:
-        hint = " (try --encoding gbk for GBK/GB2312 files)" if encoding.lower().replace("-", "") == "utf8" else ""
+        hint = " (try --encoding gbk for GBK/GB2312 files)" if codec == "utf-8" else ""
         raise CharLMError(
-            f"corpus {str(p)!r} is not valid {encoding} text: bad byte at offset {e.start}{hint}"
+            f"{what} {str(p)!r} is not valid {encoding} text: bad byte at offset {e.start}{hint}"
         ) from None
     text = text.removeprefix("\ufeff")
     if not text.strip():
-        raise CharLMError(f"corpus {str(p)!r} is empty")
+        raise CharLMError(f"{what} {str(p)!r} is empty")
     return text
 
 

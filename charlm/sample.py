@@ -18,7 +18,7 @@ import torch
 from charlm.constrain import PoemConstraint, PoemSpec, Slot
 from charlm.errors import CharLMError
 from charlm.model import CharLM
-from charlm.vocab import EOS_ID, UNK_ID, Vocab
+from charlm.vocab import EOS, EOS_ID, UNK_ID, Vocab, escape_char, is_unprintable
 
 
 @dataclass(frozen=True)
@@ -29,20 +29,43 @@ class SampleSettings:
     max_chars: int = 200
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise CharLMError("--temperature must be greater than 0")
+        if not 0 < self.temperature < math.inf:  # also refuses NaN
+            raise CharLMError("--temperature must be a finite number greater than 0")
         if self.top_k < 0:
             raise CharLMError("--top-k must be 0 (off) or a positive number")
-        if not 0 < self.top_p <= 1:
+        if not 0 < self.top_p <= 1:  # also refuses NaN
             raise CharLMError("--top-p must be in (0, 1]")
         if self.max_chars < 1:
             raise CharLMError("--max-chars must be at least 1")
 
 
+def check_prompt(prompt: str) -> None:
+    """Refuse a prompt a poem cannot hold: a newline (to the model it ends the poem, so what
+    follows would be a second poem) or another unprintable character (see vocab.printable)."""
+    for i, ch in enumerate(prompt):
+        if ch == EOS:
+            raise CharLMError(f"the prompt holds a newline (character {i + 1}); a newline ends a poem, "
+                              "so a prompt must be a single line")
+        if is_unprintable(ch):
+            raise CharLMError(f"the prompt holds the control character {escape_char(ch)} (character {i + 1}), "
+                              "which a poem cannot contain")
+
+
+def scale(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(logits − row max) / temperature in float64: the best character scores 0 and the rest are
+    ≤ 0, so no temperature overflows to NaN. A tiny temperature (1e-45) sends every other score to
+    −inf, which is greedy decoding; a huge one (1e300) sends them all to 0, which is uniform."""
+    logits = logits.double()
+    top = logits.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a fully masked row stays -inf
+    return (logits - top) / temperature
+
+
 def filter_logits(logits: torch.Tensor, s: SampleSettings) -> torch.Tensor:
     """Temperature, then top-k, then top-p (nucleus) on a (V,) or (B, V) row of logits."""
-    logits = logits.float() / s.temperature
-    logits[..., UNK_ID] = -float("inf")  # never write the unknown-character token
+    logits = logits.double().clone()
+    logits[..., UNK_ID] = -float("inf")  # never write the unknown-character token (before scaling,
+    logits = scale(logits, s.temperature)  # so the best remaining character scores 0)
     if s.top_k and s.top_k < logits.size(-1):
         kth = torch.topk(logits, s.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, -float("inf"))
@@ -71,6 +94,12 @@ class Result:
 
 # -- decoding ----------------------------------------------------------------------------------
 
+def _check_finite(logits: torch.Tensor) -> None:
+    if not torch.isfinite(logits).all():
+        raise CharLMError("the model's scores are not finite numbers (NaN or infinity), so its weights are broken (e.g. a run that diverged); "
+                          "use another checkpoint")
+
+
 def _step(model: CharLM, tokens: torch.Tensor, state):
     logits, state = model(tokens[:, None], state)
     return logits[:, -1], state
@@ -95,6 +124,7 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
     characters of row 0 as they are produced (used to stream a single poem)."""
     if best_of < 1:
         raise CharLMError("--best-of must be at least 1")
+    check_prompt(prompt)
     model.eval()
     B = n * best_of
     con = PoemConstraint(vocab, spec, table, lines) if spec.constrained else None
@@ -112,6 +142,7 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
     count = torch.zeros(B, dtype=torch.long)
     finished = torch.zeros(B, dtype=torch.bool)
     for _ in range(max_steps):
+        _check_finite(logits)
         raw = torch.log_softmax(logits.float(), -1)  # (B, V)
         masked = logits.float().clone()
         if con is not None:
@@ -123,8 +154,9 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
         masked = filter_logits(masked, settings)
         bad = torch.isinf(masked).all(-1)
         if bad.any():  # top-k/top-p removed every allowed character: fall back to the allowed set
-            keep = logits.float().masked_fill(~allowed, -math.inf) if con is not None else logits.float()
-            masked[bad] = (keep / settings.temperature)[bad]
+            keep = logits.double().masked_fill(~allowed, -math.inf) if con is not None else logits.double().clone()
+            keep[:, UNK_ID] = -math.inf
+            masked[bad] = scale(keep, settings.temperature)[bad]
         tok = torch.multinomial(torch.softmax(masked, -1), 1, generator=generator)[:, 0]
         tok[finished] = EOS_ID
         live = ~finished
@@ -143,6 +175,9 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
         if finished.all():
             break
         logits, state = _step(model, tok, state)
+    if spec.acrostic and spec.form is None and not finished.all():  # a form's step count always suffices
+        raise CharLMError(f"a poem did not reach the end of its acrostic within --max-chars {settings.max_chars}; "
+                          "raise --max-chars")
     results = [Result(prompt + "".join(o), float(logp[b]), int(count[b]), slots[b].pattern_name)
                for b, o in enumerate(out)]
     return [max(results[i * best_of : (i + 1) * best_of], key=lambda r: r.score) for i in range(n)]
@@ -157,6 +192,7 @@ def beam_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: PoemSp
         raise CharLMError("--beam needs --form: beam search is for poems of a fixed shape")
     if beam < n:
         raise CharLMError(f"--beam {beam} must be at least -n {n}")
+    check_prompt(prompt)
     model.eval()
     con = PoemConstraint(vocab, spec, table, lines)
     starts = con.feed_prompt(prompt)[:beam]
@@ -167,6 +203,7 @@ def beam_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: PoemSp
     scores = torch.zeros(W, dtype=torch.float64)
     steps = con.steps_needed()
     for _ in range(steps):
+        _check_finite(logits)
         raw = torch.log_softmax(logits.float(), -1).double()
         allowed = torch.stack([con.mask(s) for s in slots])
         cand = (scores[:, None] + raw).masked_fill(~allowed, -math.inf)  # (W, V)

@@ -68,6 +68,34 @@ def _fullwidth_punct(text: str) -> str:
     return "".join(out)
 
 
+# Characters that are not shown as themselves: C0/C1 controls (ESC starts terminal escape
+# sequences), format characters (zero-width and bidirectional controls, which reorder what a
+# terminal shows), lone surrogates (undecodable bytes in file names) and the line/paragraph
+# separators U+2028/U+2029.
+UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_NAMED_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def is_unprintable(ch: str) -> bool:
+    return unicodedata.category(ch) in UNPRINTABLE_CATEGORIES
+
+
+def escape_char(ch: str) -> str:
+    """One character as Python writes it in a string literal: \\n, \\t, \\x1b, \\u200e, \\U000e0001."""
+    if ch in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[ch]
+    cp = ord(ch)
+    return f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}" if cp < 0x10000 else f"\\U{cp:08x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every unprintable character (see UNPRINTABLE_CATEGORIES) escaped, so it can be
+    shown on a terminal literally and on one line; all other characters are kept."""
+    if text.isprintable():  # the common case: nothing to do (isprintable is stricter than our set)
+        return text
+    return "".join(escape_char(c) if is_unprintable(c) else c for c in text)
+
+
 def normalize(text: str, script: str = "none") -> str:
     """The one normalisation used at train, eval and generate time.
 
