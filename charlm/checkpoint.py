@@ -26,7 +26,6 @@ Nothing is unpickled: weights are safetensors, everything else JSON.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import fcntl
@@ -46,7 +45,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from charlm import __version__
 from charlm.config import Config
 from charlm.errors import CharLMError, describe
-from charlm.model import CharLM, expected_shapes
+from charlm.model import CharLM, expected_shapes, planned_size
 from charlm.vocab import Vocab
 
 FORMAT_VERSION = 1
@@ -68,7 +67,6 @@ _SLOW_SAVE_ENV = "CHARLM_TEST_SLOW_SAVE"
 # A checkpoint is untrusted input: nothing is read or allocated beyond these bounds.
 MAX_JSON_BYTES = 64 * 2**20  # config.json, vocab.json, resume state: a 5,000-character vocabulary is 75 KiB
 MAX_LINES_BYTES = 256 * 2**20  # lines.txt (the shipped model's is 1 MiB)
-MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32; the shipped model has 5.1 million
 WEIGHTS_SLACK_BYTES = 16 * 2**20  # room for the safetensors header beyond the tensors themselves
 FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}  # safetensors dtype → bytes per value
 
@@ -107,10 +105,11 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def _disk_error(what: str, where: Path, e: OSError) -> CharLMError:
-    reason = e.strerror or str(e)
+def _disk_error(what: str, where: Path, e: Exception, kept: bool = True) -> CharLMError:
+    """A failed write as one sentence (safetensors reports I/O errors as SafetensorError)."""
+    reason = getattr(e, "strerror", None) or str(e).rsplit("I/O error: ", 1)[-1].split(" (os error")[0]
     return CharLMError(f"could not write the {what} in {str(where)!r} ({reason}); "
-                       f"the last complete one there is kept")
+                       + ("the last complete one there is kept" if kept else "none had been saved yet"))
 
 
 def write_unit(root: Path, name: str, fill: Callable[[Path], None], *, keep_previous: bool = False) -> Path:
@@ -122,7 +121,12 @@ def write_unit(root: Path, name: str, fill: Callable[[Path], None], *, keep_prev
     the one just replaced when ``keep_previous`` (a reader that resolved the link a moment ago can
     still finish reading it). Returns root/name.
     """
-    unit = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    target, previous = root / name, _link_target(root, name)
+    what = "best checkpoint" if name == BEST else "resume state"
+    try:
+        unit = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    except OSError as e:
+        raise _disk_error(what, root, e, kept=previous is not None) from None
     try:
         os.chmod(unit, 0o777 & ~_UMASK)
         fill(unit)
@@ -135,16 +139,14 @@ def write_unit(root: Path, name: str, fill: Callable[[Path], None], *, keep_prev
         link = root / f".{name}.link.tmp"
         link.unlink(missing_ok=True)
         os.symlink(unit.name, link)
-        target = root / name
         if target.is_dir() and not target.is_symlink():
             # a unit written by an older charlm as a plain directory: move it aside first
             os.replace(target, tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        previous = _link_target(root, name)
         os.replace(link, target)
         _fsync(root)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
         shutil.rmtree(unit, ignore_errors=True)
-        raise _disk_error("best checkpoint" if name == BEST else "resume state", root, e) from None
+        raise _disk_error(what, root, e, kept=previous is not None or target.is_dir()) from None
     except BaseException:
         shutil.rmtree(unit, ignore_errors=True)
         raise
@@ -327,17 +329,11 @@ def _check_weights(p: Path, config: Config, what: str) -> dict[str, tuple[int, .
     before any tensor is allocated: the parameter count is capped, the file is a regular file of
     a plausible size, and every tensor is present, expected, floating point and of the right
     shape. Returns the expected shapes (name → shape)."""
-    m = config.model
-    sizes = (f"vocab_size {m.vocab_size}, embed_dim {m.embed_dim}, hidden_size {m.hidden_size}, "
-             f"num_layers {m.num_layers}")
     try:
-        shapes = expected_shapes(m)
-    except RuntimeError:  # a shape too large for torch to describe at all
-        raise CharLMError(f"{what} has a config.json describing a model too large to build ({sizes})") from None
-    n = sum(math.prod(s) for s in shapes.values())
-    if n > MAX_PARAMETERS:
-        raise CharLMError(f"{what} has a config.json describing a model of {n:,} parameters ({sizes}); "
-                          f"charlm loads at most {MAX_PARAMETERS:,}")
+        n = planned_size(config.model)
+    except CharLMError as e:
+        raise CharLMError(f"{what} cannot be loaded: {e}") from None
+    shapes = expected_shapes(config.model)
     path = p / WEIGHTS
     try:
         info = path.stat()

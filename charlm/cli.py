@@ -56,6 +56,12 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _need_stdout(what: str) -> None:
+    """Refuse to work for nothing: with standard output closed (`>&-`) Python drops every print."""
+    if sys.stdout is None:
+        _fail(f"standard output is closed, so there is nowhere to write {what}")
+
+
 def _print_line(text: str) -> None:
     """A poem or sample on stdout, one line, unprintable characters escaped."""
     print(printable(text), flush=True)
@@ -256,6 +262,10 @@ def train(
     except CharLMError as e:
         _fail(str(e))
         return
+    except OSError as e:  # a file system failure the library did not foresee: still one sentence
+        _fail(f"training stopped: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+              + "; the last complete checkpoint and resume state are kept")
+        return
     table = Table(title="training summary", show_header=False)
     table.add_row("checkpoint", _literal(result.out))
     table.add_row("steps", f"{result.steps:,} ({result.epochs_done:.2f} epochs)")
@@ -386,6 +396,7 @@ def generate(
     """
     from charlm.sample import SampleSettings
 
+    _need_stdout("the poems")
     fancy = bool(form or acrostic or best_of > 1 or beam) and sys.stdout.isatty() and not as_json
     stream = n == 1 and best_of == 1 and not beam and not as_json and not fancy
 
@@ -456,6 +467,7 @@ def eval_(
     from charlm.data import read_corpus
     from charlm.evaluate import evaluate, validation_text
 
+    _need_stdout("the figures")
     if poems is not None or generate_n:
         _judge(checkpoint, poems, generate_n, form, acrostic, rhyme, rhyme_first, tones, novel, best_of, beam,
                temperature, top_k, top_p, seed, encoding, as_json)

@@ -15,9 +15,12 @@ tests/test_model.py recomputes one step of these equations by hand from the modu
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
+from charlm.errors import CharLMError
 from charlm.config import ModelConfig
 
 State = tuple[torch.Tensor, ...]  # (h, c) for the LSTM, (h,) otherwise, each (num_layers, B, H);
@@ -235,6 +238,24 @@ def detach_state(state: State) -> State:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32; the shipped model has 5.1 million
+
+
+def planned_size(config: ModelConfig) -> int:
+    """The number of values (parameters and buffers) CharLM(config) would hold, computed without
+    allocating them; refuses, with a sentence, a model larger than MAX_PARAMETERS."""
+    sizes = (f"vocabulary {config.vocab_size}, embedding {config.embed_dim}, hidden {config.hidden_size}, "
+             f"{config.num_layers} layers")
+    try:
+        n = sum(math.prod(s) for s in expected_shapes(config).values())
+    except RuntimeError:  # a shape too large for torch to describe at all
+        raise CharLMError(f"a model of this size cannot be built ({sizes})") from None
+    if n > MAX_PARAMETERS:
+        raise CharLMError(f"a model of {n:,} parameters ({sizes}) is larger than the {MAX_PARAMETERS:,} "
+                          f"charlm builds")
+    return n
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -31,7 +31,7 @@ from charlm.data import (epoch_stream, get_window, good_turing_alpha, join_poems
                          split_poems, unk_probabilities)
 from charlm.errors import CharLMError, describe
 from charlm.evaluate import score
-from charlm.model import CharLM
+from charlm.model import CharLM, planned_size
 from charlm.vocab import EOS_ID, UNK_ID, Vocab, detect_script, normalize
 
 
@@ -427,7 +427,12 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
                 checkpoint.clear_run(out)
 
         torch.manual_seed(tc.seed)
-        model = CharLM(config.model)
+        planned_size(config.model)  # a sentence, not an allocation failure, for an impossible size
+        try:
+            model = CharLM(config.model)
+        except (RuntimeError, MemoryError):  # torch's "can't allocate memory"
+            raise CharLMError(f"there is not enough memory for a model of {planned_size(config.model):,} "
+                              f"parameters; use a smaller --hidden, --embed or --layers") from None
         opt = make_optimizer(model, tc)
         averaged = WeightAverage(model, tc.ema) if tc.ema else None
         if resume:

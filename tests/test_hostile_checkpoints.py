@@ -137,7 +137,7 @@ CASES = [
     ("model-null", edit_json("config.json", lambda m: m["config"].update(model=None)), "'model'"),
     ("model-list", edit_json("config.json", lambda m: m["config"].update(model=[1, 2])), "'model'"),
     ("train-missing", edit_json("config.json", lambda m: m["config"].pop("train")), "'train'"),
-    ("hidden-3-million", model_field(hidden_size=3_000_000), "hidden_size 3000000"),
+    ("hidden-3-million", model_field(hidden_size=3_000_000), "hidden 3000000"),
     ("hidden-beyond-bound", model_field(hidden_size=10**30), "hidden_size"),
     ("hidden-string", model_field(hidden_size="24"), "hidden_size"),
     ("hidden-bool", model_field(hidden_size=True), "hidden_size"),
@@ -249,7 +249,7 @@ def test_the_parameter_cap_is_checked_before_anything_is_allocated(copy, monkeyp
 
     monkeypatch.setattr(checkpoint, "CharLM", refuse)
     model_field(hidden_size=3_000_000)(copy)
-    with pytest.raises(CharLMError, match=r"at most 2,000,000,000"):
+    with pytest.raises(CharLMError, match=r"larger than the 2,000,000,000"):
         checkpoint.load(copy)
 
 
