@@ -27,11 +27,11 @@ import torch
 
 from charlm import checkpoint
 from charlm.config import Config, TrainConfig
-from charlm.data import (epoch_stream, get_window, good_turing_alpha, join_poems, poem_lines, sha256_text,
+from charlm.data import (EpochData, epoch_stream, get_window, good_turing_alpha, join_poems, poem_lines, sha256_text,
                          split_poems, unk_probabilities)
 from charlm.errors import CharLMError, describe
 from charlm.evaluate import score
-from charlm.model import CharLM, planned_size
+from charlm.model import CharLM, count_parameters, planned_size
 from charlm.vocab import EOS_ID, UNK_ID, Vocab, detect_script, normalize
 
 
@@ -400,6 +400,86 @@ def _existing_run(out: Path) -> str | None:
     return None
 
 
+# -- one run: its model, optimizer, state and the files it writes -------------------------------
+
+class Run:
+    """The objects one training run works with, and the two things it writes: the best
+    checkpoint (at validation) and the resume state. Built fresh or restored from ``out``."""
+
+    def __init__(self, prep: Prepared, out: Path, precision: str, callbacks: Callbacks, resume: bool) -> None:
+        self.prep, self.out, self.precision, self.cb = prep, out, precision, callbacks
+        config, tc = prep.config, prep.config.train
+        torch.manual_seed(tc.seed)
+        self.model = build_model(config)
+        self.opt = make_optimizer(self.model, tc)
+        tensors: dict[str, torch.Tensor] = {}
+        if resume:
+            counters, tensors = checkpoint.load_resume(out, self.model, self.opt)
+            carried = [tensors[k] for k in sorted((k for k in tensors if k.startswith("carried.")),
+                                                  key=lambda k: int(k.split(".")[1]))]
+            self.st = TrainState.from_counters(counters, tuple(carried) or None)
+            torch.set_rng_state(tensors["rng"])
+            # the resume state and the best checkpoint agree on the best: never replace a better one
+            saved_best = checkpoint.read_metrics(out).get("valid_bpc")
+            if isinstance(saved_best, (int, float)) and saved_best < self.st.best_bpc:
+                self.st.best_bpc = float(saved_best)
+        else:
+            self.st = TrainState(batch_size=fit_batch_size(prep, tc))
+        self.averaged = WeightAverage(self.model, tc.ema) if tc.ema else None
+        if self.averaged is not None and any(k.startswith("ema.") for k in tensors):
+            self.averaged.load(tensors)  # else averaging starts now, from the current weights
+        self.log = MetricsLog(out / checkpoint.METRICS, self.st.step if resume else None)
+        self.lines_text = checkpoint.render_lines(prep.lines)
+        self.last_bpc = math.nan
+
+    def stream(self) -> EpochData:
+        """This epoch's training windows (the order of poems is fixed by seed and epoch)."""
+        p, tc = self.prep, self.prep.config.train
+        return epoch_stream(p.train_ids, EOS_ID, self.st.epoch, tc.seed, self.st.batch_size, tc.seq_len,
+                            p.unk_p, UNK_ID)
+
+    def save_resume(self) -> None:
+        st = self.st
+        tensors = {"rng": torch.get_rng_state(), **{f"carried.{i}": t for i, t in enumerate(st.carried or ())},
+                   **(self.averaged.tensors() if self.averaged is not None else {})}
+        counters = {**st.counters(), "config": self.prep.config.to_dict(), "corpus": self.prep.corpus}
+        checkpoint.save_resume(self.out, self.model, self.opt, counters, tensors, self.prep.vocab, self.prep.counts)
+
+    def validate(self) -> None:
+        """Score the raw (and averaged) weights; save the better one as the best checkpoint if it
+        beats every earlier validation."""
+        st, prep = self.st, self.prep
+        s = score(self.model, prep.valid_ids)
+        record = {"step": st.step, "valid_loss": s.loss, "valid_bpc": s.bpc}
+        candidate, averaged_better = self.model, False
+        if self.averaged is not None:
+            s_avg = score(self.averaged.model, prep.valid_ids)
+            record["ema_valid_bpc"] = s_avg.bpc
+            if s_avg.bpc < s.bpc:
+                s, candidate, averaged_better = s_avg, self.averaged.model, True
+        improved = s.bpc < st.best_bpc
+        if improved:
+            st.best_bpc, st.best_step = s.bpc, st.step
+            checkpoint.save(self.out, candidate, prep.config, prep.vocab, corpus=prep.corpus, counts=prep.counts,
+                            lines=self.lines_text, metrics={
+                "step": st.step, "valid_loss": s.loss, "valid_bpc": s.bpc, "valid_chars": s.chars,
+                "averaged_weights": averaged_better, "train_bpc": self.last_bpc,
+                "elapsed_s": round(st.elapsed, 1), "precision": self.precision,
+            })
+        st.last_valid_step = st.step
+        self.log.write({**record, "best_valid_bpc": st.best_bpc, "elapsed": round(st.elapsed, 2)})
+        self.cb.on_valid(ValidEvent(st.step, s.loss, s.bpc, st.best_bpc, improved), self.model, prep.vocab)
+
+
+def build_model(config: Config) -> CharLM:
+    planned_size(config.model)  # a sentence, not an allocation failure, for an impossible size
+    try:
+        return CharLM(config.model)
+    except (RuntimeError, MemoryError):  # torch's "can't allocate memory"
+        raise CharLMError(f"there is not enough memory for a model of {planned_size(config.model):,} "
+                          f"parameters; use a smaller --hidden, --embed or --layers") from None
+
+
 # -- the loop --------------------------------------------------------------------------------
 
 def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, resume: bool = False,
@@ -410,147 +490,91 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
     killed at any moment continues with ``resume=True`` from its last save, and from there
     repeats the uninterrupted run bit for bit (given a step or epoch budget)."""
     cb = callbacks or Callbacks()
-    config, vocab, tc = prep.config, prep.vocab, prep.config.train
+    tc = prep.config.train
     out = _output_dir(Path(out))
     precision = resolve_precision(tc.precision)
     if precision == "bf16" and not bf16_supported():
         raise CharLMError("--precision bf16 needs a CPU with bf16 support (AMX or AVX-512 BF16); use fp32")
-
     with checkpoint.exclusive(out):
         checkpoint.remove_stale(out)
         if not resume:
-            existing = _existing_run(out)
-            if existing and not overwrite:
-                raise CharLMError(f"{str(out)!r} already holds {existing}; continue it with --resume, "
-                                  f"choose another --out, or pass --overwrite to replace it")
-            if existing:
-                checkpoint.clear_run(out)
-
-        torch.manual_seed(tc.seed)
-        planned_size(config.model)  # a sentence, not an allocation failure, for an impossible size
+            _claim(out, overwrite)
+        run = Run(prep, out, precision, cb, resume)
         try:
-            model = CharLM(config.model)
-        except (RuntimeError, MemoryError):  # torch's "can't allocate memory"
-            raise CharLMError(f"there is not enough memory for a model of {planned_size(config.model):,} "
-                              f"parameters; use a smaller --hidden, --embed or --layers") from None
-        opt = make_optimizer(model, tc)
-        averaged = WeightAverage(model, tc.ema) if tc.ema else None
-        if resume:
-            counters, tensors = checkpoint.load_resume(out, model, opt)
-            carried = tuple(tensors[k] for k in sorted((k for k in tensors if k.startswith("carried.")),
-                                                        key=lambda k: int(k.split(".")[1]))) or None
-            st = TrainState.from_counters(counters, carried)
-            if averaged is not None:
-                averaged.load(tensors)
-            torch.set_rng_state(tensors["rng"])
-            if checkpoint.is_checkpoint(out):  # the resume state and the best checkpoint agree on the best
-                saved_best = checkpoint.read_metrics(out).get("valid_bpc")
-                if isinstance(saved_best, (int, float)) and saved_best < st.best_bpc:
-                    st.best_bpc = float(saved_best)
-        else:
-            st = TrainState(batch_size=fit_batch_size(prep, tc))
-
-        log = MetricsLog(out / checkpoint.METRICS, st.step if resume else None)
-        lines_text = checkpoint.render_lines(prep.lines)
-
-        def save_resume() -> None:
-            tensors = {"rng": torch.get_rng_state(),
-                       **{f"carried.{i}": t for i, t in enumerate(st.carried or ())},
-                       **(averaged.tensors() if averaged is not None else {})}
-            checkpoint.save_resume(out, model, opt, {**st.counters(), "config": config.to_dict(),
-                                                     "corpus": prep.corpus}, tensors, vocab, prep.counts)
-
-        def validate() -> None:
-            s = score(model, prep.valid_ids)
-            record = {"step": st.step, "valid_loss": s.loss, "valid_bpc": s.bpc}
-            candidate, averaged_better = model, False
-            if averaged is not None:
-                s_avg = score(averaged.model, prep.valid_ids)
-                record["ema_valid_bpc"] = s_avg.bpc
-                if s_avg.bpc < s.bpc:
-                    s, candidate, averaged_better = s_avg, averaged.model, True
-            improved = s.bpc < st.best_bpc
-            if improved:
-                st.best_bpc, st.best_step = s.bpc, st.step
-                checkpoint.save(out, candidate, config, vocab, corpus=prep.corpus, counts=prep.counts,
-                                lines=lines_text, metrics={
-                    "step": st.step, "valid_loss": s.loss, "valid_bpc": s.bpc, "valid_chars": s.chars,
-                    "averaged_weights": averaged_better, "train_bpc": last_bpc,
-                    "elapsed_s": round(st.elapsed, 1), "precision": precision,
-                })
-            st.last_valid_step = st.step
-            log.write({**record, "best_valid_bpc": st.best_bpc, "elapsed": round(st.elapsed, 2)})
-            cb.on_valid(ValidEvent(st.step, s.loss, s.bpc, st.best_bpc, improved), model, vocab)
-
-        params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-        cb.on_start(StartInfo(prep.corpus["characters"], prep.corpus["train_poems"], prep.corpus["valid_poems"],
-                              len(vocab), params, precision, st.batch_size, st.step))
-
-        def stream(ep: int):
-            return epoch_stream(prep.train_ids, EOS_ID, ep, tc.seed, st.batch_size, tc.seq_len, prep.unk_p, UNK_ID)
-
-        budget = Budget.of(tc)
-        model.train()
-        data = stream(st.epoch)
-        chars_per_step = st.batch_size * tc.seq_len
-        clock = time.perf_counter()
-        last_save, last_bpc, rate, interrupted = clock, math.nan, 0.0, None
-        try:
-            with _catch_signals() as flag:
-                while True:
-                    if st.window >= data.windows:  # a new epoch: a new order of poems, a fresh state
-                        st.epoch, st.window, st.carried = st.epoch + 1, 0, None
-                        data = stream(st.epoch)
-                    progress = budget.progress(st.step, st.elapsed, st.epochs_done(data.windows))
-                    if progress >= 1.0:
-                        break
-                    lr = lr_at(st.step, progress, tc)
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                    x, y = get_window(data.rows, st.window, tc.seq_len)  # (B, T) each
-                    t0 = time.perf_counter()
-                    outcome = train_step(model, opt, x, y, st.carried or model.init_state(st.batch_size),
-                                         tc.clip, precision)
-                    if outcome.finite:
-                        if averaged is not None:
-                            averaged.update()
-                        st.carried, st.bad_streak = outcome.carried, 0
-                        last_bpc = outcome.loss / math.log(2)
-                    else:
-                        st.skipped, st.bad_streak = st.skipped + 1, st.bad_streak + 1
-                    st.step, st.window = st.step + 1, st.window + 1
-                    now = time.perf_counter()
-                    st.elapsed += now - clock
-                    clock = now
-                    rate = chars_per_step / (now - t0) if rate == 0 else 0.9 * rate + 0.1 * chars_per_step / (now - t0)
-                    epochs_done = st.epochs_done(data.windows)
-                    if st.step % 10 == 0 or st.step == 1 or not outcome.finite:
-                        log.write({"step": st.step, "epoch": round(epochs_done, 4), "loss": _finite(outcome.loss),
-                                   "bpc": _finite(outcome.loss / math.log(2)), "grad_norm": _finite(outcome.grad_norm),
-                                   "lr": lr,
-                                   "skipped": st.skipped, "chars_per_sec": round(rate, 1),
-                                   "elapsed": round(st.elapsed, 2)})
-                    cb.on_step(StepEvent(st.step, st.epoch, outcome.loss, outcome.loss / math.log(2), lr, rate,
-                                         st.elapsed, budget.progress(st.step, st.elapsed, epochs_done)))
-                    if st.bad_streak >= DIVERGENCE_LIMIT:
-                        raise CharLMError(_diverged(st, tc, out))
-                    if st.step % tc.eval_interval == 0:
-                        validate()
-                        save_resume()
-                        last_save = time.perf_counter()
-                    elif time.perf_counter() - last_save >= tc.save_every * 60:
-                        save_resume()
-                        last_save = time.perf_counter()
-                    if flag["signal"]:
-                        interrupted = flag["signal"]
-                        break
-                if st.last_valid_step != st.step and (st.step > 0 or not checkpoint.is_checkpoint(out)):
-                    validate()
-                save_resume()
+            return _loop(run)
         finally:
-            log.close()
-    return FitResult(out, st.step, st.epochs_done(data.windows), st.elapsed, st.best_bpc, last_bpc, interrupted,
-                     skipped=st.skipped)
+            run.log.close()
+
+
+def _loop(run: Run) -> FitResult:
+    """Train until the budget is spent or a signal arrives; validate and save on the way."""
+    st, model, opt, tc, log = run.st, run.model, run.opt, run.prep.config.train, run.log
+    budget = Budget.of(tc)
+    run.cb.on_start(StartInfo(run.prep.corpus["characters"], run.prep.corpus["train_poems"],
+                              run.prep.corpus["valid_poems"], len(run.prep.vocab), count_parameters(model),
+                              run.precision, st.batch_size, st.step))
+    data = run.stream()
+    chars_per_step = st.batch_size * tc.seq_len
+    clock = last_save = time.perf_counter()
+    rate, interrupted = 0.0, None
+    with _catch_signals() as flag:
+        while True:
+            if st.window >= data.windows:  # a new epoch: a new order of poems, a fresh state
+                st.epoch, st.window, st.carried = st.epoch + 1, 0, None
+                data = run.stream()
+            progress = budget.progress(st.step, st.elapsed, st.epochs_done(data.windows))
+            if progress >= 1.0:
+                break
+            lr = lr_at(st.step, progress, tc)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y = get_window(data.rows, st.window, tc.seq_len)  # (B, T) each
+            t0 = time.perf_counter()
+            step = train_step(model, opt, x, y, st.carried or model.init_state(st.batch_size), tc.clip, run.precision)
+            if step.finite:
+                if run.averaged is not None:
+                    run.averaged.update()
+                st.carried, st.bad_streak, run.last_bpc = step.carried, 0, step.loss / math.log(2)
+            else:
+                st.skipped, st.bad_streak = st.skipped + 1, st.bad_streak + 1
+            st.step, st.window = st.step + 1, st.window + 1
+            now = time.perf_counter()
+            st.elapsed, clock = st.elapsed + (now - clock), now
+            rate = 0.9 * rate + 0.1 * chars_per_step / (now - t0) if rate else chars_per_step / (now - t0)
+
+            epochs_done = st.epochs_done(data.windows)
+            if st.step % 10 == 0 or st.step == 1 or not step.finite:
+                log.write({"step": st.step, "epoch": round(epochs_done, 4), "loss": _finite(step.loss),
+                           "bpc": _finite(step.loss / math.log(2)), "grad_norm": _finite(step.grad_norm),
+                           "lr": lr, "skipped": st.skipped, "chars_per_sec": round(rate, 1),
+                           "elapsed": round(st.elapsed, 2)})
+            run.cb.on_step(StepEvent(st.step, st.epoch, step.loss, step.loss / math.log(2), lr, rate, st.elapsed,
+                                     budget.progress(st.step, st.elapsed, epochs_done)))
+            if st.bad_streak >= DIVERGENCE_LIMIT:
+                raise CharLMError(_diverged(st, tc, run.out))
+            if st.step % tc.eval_interval == 0:
+                run.validate()
+            if st.step % tc.eval_interval == 0 or time.perf_counter() - last_save >= tc.save_every * 60:
+                run.save_resume()
+                last_save = time.perf_counter()
+            if flag["signal"]:
+                interrupted = flag["signal"]
+                break
+        if st.last_valid_step != st.step and (st.step > 0 or not checkpoint.is_checkpoint(run.out)):
+            run.validate()
+        run.save_resume()
+    return FitResult(run.out, st.step, st.epochs_done(data.windows), st.elapsed, st.best_bpc, run.last_bpc,
+                     interrupted, skipped=st.skipped)
+
+
+def _claim(out: Path, overwrite: bool) -> None:
+    """A fresh run may not write over another run's checkpoint unless told to (--overwrite)."""
+    existing = _existing_run(out)
+    if existing and not overwrite:
+        raise CharLMError(f"{str(out)!r} already holds {existing}; continue it with --resume, "
+                          f"choose another --out, or pass --overwrite to replace it")
+    if existing:
+        checkpoint.clear_run(out)
 
 
 def _finite(x: float) -> float | None:
@@ -580,7 +604,7 @@ def fit_batch_size(prep: Prepared, tc: TrainConfig) -> int:
 # which change neither the model nor the data (a lower --lr after a divergence, say).
 RESUME_BUDGET = ("max_steps", "max_time", "epochs")
 RESUME_FREE = ("lr", "clip", "weight_decay", "warmup_steps", "min_lr_ratio", "eval_interval", "save_every",
-               "precision", "encoding")
+               "precision", "encoding", "ema")
 
 
 def resume_config(saved: Config, given: Config, changed: dict[str, str]) -> Config:

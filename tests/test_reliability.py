@@ -181,3 +181,19 @@ def test_a_diverging_run_stops_with_a_sentence_and_keeps_the_last_good_state(tmp
         train_corpus(text, cfg, out, resume=True, changed={"train.max_steps": "--max-steps", "train.lr": "--lr"})
     after = load_file(str(out / "resume" / "model.safetensors"))
     assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def test_weight_averaging_can_be_switched_on_when_resuming(tmp_path):
+    text = "\n".join(POEMS * 3) + "\n"
+    out = tmp_path / "ck"
+    train_corpus(text, tiny_config(max_steps=10, eval_interval=10), out)
+    assert not any(k.startswith("run.ema.") for k in load_file(str(out / "resume" / "state.safetensors")))
+    train_corpus(text, tiny_config(max_steps=20, eval_interval=10, ema=0.9), out, resume=True,
+                 changed={"train.max_steps": "--max-steps", "train.ema": "--ema"})
+    assert checkpoint.read_resume(out)["config"]["train"]["ema"] == 0.9
+    saved = load_file(str(out / "resume" / "state.safetensors"))
+    weights = load_file(str(out / "resume" / "model.safetensors"))
+    # the average started from the step-10 weights, so after 10 more steps it differs from the latest
+    assert not torch.equal(saved["run.ema.embed.weight"], weights["embed.weight"])
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert "ema_valid_bpc" in records[-1]
