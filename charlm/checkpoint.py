@@ -150,7 +150,7 @@ def write_unit(root: Path, name: str, fill: Callable[[Path], None], *, keep_prev
     except BaseException:
         shutil.rmtree(unit, ignore_errors=True)
         raise
-    remove_stale(root, keep=(previous,) if keep_previous else ())
+    remove_stale(root, keep=(previous,) if keep_previous else (), names=(name,))
     return target
 
 
@@ -161,20 +161,22 @@ def _link_target(root: Path, name: str) -> str | None:
         return None
 
 
-def remove_stale(root: Path, keep: tuple[str | None, ...] = ()) -> None:
-    """Remove what an interrupted save leaves in a run directory: temporary files and units that
-    no link points to (keeping those named in ``keep``)."""
+def remove_stale(root: Path, keep: tuple[str | None, ...] = (), names: tuple[str, ...] = (BEST, RESUME)) -> None:
+    """Remove what an interrupted save leaves in a run directory: temporary files and the units
+    of ``names`` that no link points to (keeping those named in ``keep``)."""
     if not root.is_dir():
         return
     live = {_link_target(root, BEST), _link_target(root, RESUME), *keep}
+    prefixes = tuple(f".{name}." for name in names)
+    every_tmp = set(names) == {BEST, RESUME}  # at the start of a run: any file an interrupted write left
     for entry in root.iterdir():
         n = entry.name
-        if n.endswith(".tmp") and n.startswith("."):
+        if n.startswith(".") and n.endswith(".tmp") and (every_tmp or n.startswith(prefixes)):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
-        elif (n.startswith(f".{BEST}.") or n.startswith(f".{RESUME}.")) and n not in live:
+        elif n.startswith(prefixes) and n not in live:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
 

@@ -161,3 +161,13 @@ def test_one_writer_per_directory(tmp_path):
                 pass
     with checkpoint.exclusive(tmp_path):  # released at the end of the run
         pass
+
+
+def test_saving_the_resume_state_keeps_the_previous_best_unit_for_readers(tmp_path):
+    model, config, vocab = _model_and_vocab()
+    d = checkpoint.save(tmp_path / "ck", model, config, vocab)
+    first = os.readlink(d / "best")
+    checkpoint.save(d, model, config, vocab)
+    opt = torch.optim.AdamW(model.parameters())
+    checkpoint.save_resume(d, model, opt, {"step": 1}, {}, vocab, None)
+    assert first in os.listdir(d)  # a reader that resolved best/ a moment ago can still finish
