@@ -17,7 +17,8 @@ import torch
 from charlm.config import Config, ModelConfig, TrainConfig
 from charlm.data import read_corpus
 from charlm.model import CharLM
-from charlm.train import autocast, make_optimizer, prepare, resolve_precision
+from charlm.devices import autocast, resolve_precision
+from charlm.train import make_optimizer, prepare
 
 
 def rate(cfg: ModelConfig, tc: TrainConfig, steps: int, precision: str) -> float:

@@ -16,7 +16,8 @@ import torch
 
 from charlm.config import Config, ModelConfig, TrainConfig, parse_duration
 from charlm.data import read_corpus
-from charlm.train import bf16_supported, fit, prepare
+from charlm.devices import bf16_supported
+from charlm.train import fit, prepare
 
 
 def main() -> None:

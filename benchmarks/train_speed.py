@@ -22,7 +22,8 @@ from charlm.config import Config, ModelConfig, TrainConfig
 from charlm.data import read_corpus
 from charlm.model import CharLM
 from charlm.sample import SampleSettings, generate
-from charlm.train import Callbacks, autocast, bf16_supported, make_optimizer, prepare, fit
+from charlm.devices import autocast, bf16_supported
+from charlm.train import Callbacks, make_optimizer, prepare, fit
 
 
 def bare_loop(model_cfg: ModelConfig, tc: TrainConfig, precision: str, steps: int, warmup: int = 3) -> float:

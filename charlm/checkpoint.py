@@ -405,7 +405,9 @@ def config_path(path: Path) -> Path:
     return unit_dir(path) / CONFIG
 
 
-def load(path: str | Path) -> Checkpoint:
+def load(path: str | Path, device: torch.device | str | None = None) -> Checkpoint:
+    """Read and check a checkpoint; its model goes to ``device`` (the CPU by default), whatever
+    device it was trained on: the weights on disk are plain safetensors."""
     p = Path(path)
     if not p.exists():
         raise CharLMError(f"checkpoint {str(p)!r} does not exist")
@@ -438,6 +440,8 @@ def load(path: str | Path) -> Checkpoint:
                           f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
     _check_finite(model, shapes, what)
     model.eval()
+    if device is not None:
+        model.to(device)
     return Checkpoint(model, config, vocab, p, meta.get("metrics", {}), meta.get("corpus", {}),
                       counts, _read_lines(d, what))
 

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from charlm.config import DEFAULT_EPOCHS, SEED_MAX, Config, ModelConfig, TrainConfig, parse_duration, parse_unk_alpha
+from charlm.config import DEFAULT_EPOCHS, DEVICE_HELP, SEED_MAX, Config, ModelConfig, TrainConfig, parse_duration, parse_unk_alpha
 from charlm.errors import CharLMError
 from charlm.vocab import is_unprintable, printable
 
@@ -168,7 +168,7 @@ TRAIN_FIELDS = {
     "weight_decay": "train.weight_decay", "clip": "train.clip", "warmup": "train.warmup_steps",
     "valid_fraction": "train.valid_fraction", "min_count": "train.min_count",
     "eval_interval": "train.eval_interval", "save_every": "train.save_every", "unk_alpha": "train.unk_alpha",
-    "ema": "train.ema", "precision": "train.precision", "encoding": "train.encoding",
+    "ema": "train.ema", "precision": "train.precision", "device": "train.device", "encoding": "train.encoding",
     "max_steps": "train.max_steps", "max_time": "train.max_time", "epochs": "train.epochs", "seed": "train.seed",
 }
 
@@ -215,7 +215,8 @@ def train(
     save_every: Annotated[float, typer.Option(help="Also save the resume state at least this often, in minutes.")] = _T.save_every,
     unk_alpha: Annotated[str, typer.Option(help="Teach the model unseen characters: a character seen c times is read as <unk> with probability F/(F+c). auto matches the Good-Turing estimate of unseen characters; 0 = off.")] = "auto",
     ema: Annotated[float, typer.Option(help="Also keep an exponential moving average of the weights with this decay, e.g. 0.998 (0 = off); saved when it validates better.")] = _T.ema,
-    precision: Annotated[str, typer.Option(help="auto (bf16 where the CPU supports it), bf16 or fp32.")] = _T.precision,
+    precision: Annotated[str, typer.Option(help="auto (bf16 where the device supports it, else fp16 on CUDA, fp32 elsewhere), bf16, fp16 (CUDA) or fp32.")] = _T.precision,
+    device: Annotated[str, typer.Option(help=f"Where to train: {DEVICE_HELP}.")] = _T.device,
     encoding: EncodingOpt = _T.encoding,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).", min=1)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out with its saved settings; a new --max-steps, --max-time or --epochs replaces its budget.")] = False,
@@ -241,6 +242,7 @@ def train(
                 warmup_steps=warmup, max_steps=max_steps, epochs=epochs, seed=seed,
                 max_time=parse_duration(max_time) if max_time else None, valid_fraction=valid_fraction,
                 min_count=min_count, eval_interval=eval_interval, save_every=save_every, precision=precision,
+                device=device,
                 encoding=encoding, ema=ema, unk_alpha=parse_unk_alpha(unk_alpha),
             ),
         )

@@ -14,7 +14,8 @@ from charlm.errors import CharLMError, describe
 
 CELLS = ("lstm", "gru", "rnn", "irnn")
 DEFAULT_EPOCHS = 10  # the budget of a run given none
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"  # charlm.devices reads them
 # Bounds far beyond any model this project trains; they keep a hostile config.json from asking for
 # a model whose mere description (not yet its weights) is too big to lay out.
 MAX_SIZE = 2**24  # vocab_size, embed_dim, hidden_size
@@ -97,6 +98,7 @@ class TrainConfig:
     # the Good-Turing estimate N1/N (charlm.data.good_turing_alpha); 0 = off.
     unk_alpha: float | None = None
     precision: str = "auto"
+    device: str = "auto"  # charlm.devices.resolve_device: auto, cpu, cuda, cuda:N, mps
     encoding: str = "utf-8"
 
     def __post_init__(self) -> None:

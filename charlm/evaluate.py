@@ -85,6 +85,8 @@ def score(model: CharLM, ids: torch.Tensor, *, rows: int = 32, seq_len: int = 25
     model.eval()
     try:
         X, Y = _rows(ids, rows, burn_in)
+        device = next(model.parameters()).device
+        X, Y = X.to(device), Y.to(device)
         state = None
         nll = nll_unknown = 0.0
         correct = 0

@@ -17,7 +17,7 @@ import json
 import math
 import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +27,7 @@ import torch
 
 from charlm import checkpoint
 from charlm.config import Config, TrainConfig
+from charlm.devices import autocast, grad_scaler, resolve_device, resolve_precision, rng_states, set_rng_states
 from charlm.data import (EpochData, epoch_stream, get_window, good_turing_alpha, join_poems, poem_lines, sha256_text,
                          split_poems, unk_probabilities)
 from charlm.errors import CharLMError, describe
@@ -91,30 +92,6 @@ class Callbacks:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-def bf16_supported() -> bool:
-    """True where the CPU has native bf16 matrix support (AMX tiles or AVX-512 BF16)."""
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        fn = getattr(torch.cpu, probe, None)
-        try:
-            if fn is not None and fn():
-                return True
-        except Exception:  # noqa: BLE001 - a private probe may change between torch versions
-            pass
-    return False
-
-
-def resolve_precision(precision: str) -> str:
-    if precision == "auto":
-        return "bf16" if bf16_supported() else "fp32"
-    return precision
-
-
-def autocast(precision: str):
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
-
 
 def lr_at(step: int, progress: float, cfg) -> float:
     """Linear warmup over warmup_steps (at most a tenth of --max-steps), then cosine decay to
@@ -296,21 +273,31 @@ class StepOutcome:
 
 
 def train_step(model: CharLM, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               carried: tuple[torch.Tensor, ...], clip: float, precision: str) -> StepOutcome:
+               carried: tuple[torch.Tensor, ...], clip: float, precision: str,
+               scaler: torch.amp.GradScaler | None = None) -> StepOutcome:
     """One update on window (x, y), both (B, T), starting from the carried state.
 
     Gradients are clipped to global norm ``clip`` (the remedy for exploding gradients). A loss or
     gradient norm that is not finite skips the update, keeps the weights and the carried state as
-    they were, and reports finite=False."""
+    they were, and reports finite=False. Under fp16 the loss is scaled (``scaler``); an overflow
+    there only lowers the scale, as it should, and is not counted as a bad step."""
     model.train()  # whatever a callback did with the model (sampling puts it in eval mode)
-    with autocast(precision):  # validation is always scored in fp32
+    with autocast(precision, x.device):  # validation is always scored in fp32
         loss, new_state = model.loss(x, y, carried)
     opt.zero_grad(set_to_none=True)
     value = loss.item()
     if not math.isfinite(value):
         return StepOutcome(value, math.nan, False, carried)
-    loss.backward()
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+    else:
+        loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf).item()
+    if scaler is not None:
+        scaler.step(opt)  # skipped by the scaler itself when the gradients overflowed
+        scaler.update()
+        return StepOutcome(value, norm, True, tuple(s.detach().float() for s in new_state))
     if not math.isfinite(norm):
         opt.zero_grad(set_to_none=True)
         return StepOutcome(value, norm, False, carried)
@@ -406,19 +393,23 @@ class Run:
     """The objects one training run works with, and the two things it writes: the best
     checkpoint (at validation) and the resume state. Built fresh or restored from ``out``."""
 
-    def __init__(self, prep: Prepared, out: Path, precision: str, callbacks: Callbacks, resume: bool) -> None:
-        self.prep, self.out, self.precision, self.cb = prep, out, precision, callbacks
+    def __init__(self, prep: Prepared, out: Path, device: torch.device, precision: str, callbacks: Callbacks,
+                 resume: bool) -> None:
+        self.prep, self.out, self.device, self.precision, self.cb = prep, out, device, precision, callbacks
         config, tc = prep.config, prep.config.train
         torch.manual_seed(tc.seed)
-        self.model = build_model(config)
+        self.model = build_model(config).to(device)  # initialised on the CPU: the same weights anywhere
         self.opt = make_optimizer(self.model, tc)
+        self.scaler = grad_scaler(precision, device)
         tensors: dict[str, torch.Tensor] = {}
         if resume:
             counters, tensors = checkpoint.load_resume(out, self.model, self.opt)
-            carried = [tensors[k] for k in sorted((k for k in tensors if k.startswith("carried.")),
-                                                  key=lambda k: int(k.split(".")[1]))]
+            carried = [tensors[k].to(device) for k in sorted((k for k in tensors if k.startswith("carried.")),
+                                                             key=lambda k: int(k.split(".")[1]))]
             self.st = TrainState.from_counters(counters, tuple(carried) or None)
-            torch.set_rng_state(tensors["rng"])
+            set_rng_states(tensors, device)
+            if self.scaler is not None and isinstance(counters.get("grad_scaler"), dict):
+                self.scaler.load_state_dict(counters["grad_scaler"])
             # the resume state and the best checkpoint agree on the best: never replace a better one
             saved_best = checkpoint.read_metrics(out).get("valid_bpc")
             if isinstance(saved_best, (int, float)) and saved_best < self.st.best_bpc:
@@ -440,9 +431,11 @@ class Run:
 
     def save_resume(self) -> None:
         st = self.st
-        tensors = {"rng": torch.get_rng_state(), **{f"carried.{i}": t for i, t in enumerate(st.carried or ())},
+        tensors = {**rng_states(self.device), **{f"carried.{i}": t for i, t in enumerate(st.carried or ())},
                    **(self.averaged.tensors() if self.averaged is not None else {})}
         counters = {**st.counters(), "config": self.prep.config.to_dict(), "corpus": self.prep.corpus}
+        if self.scaler is not None:
+            counters["grad_scaler"] = self.scaler.state_dict()
         checkpoint.save_resume(self.out, self.model, self.opt, counters, tensors, self.prep.vocab, self.prep.counts)
 
     def validate(self) -> None:
@@ -492,14 +485,13 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
     cb = callbacks or Callbacks()
     tc = prep.config.train
     out = _output_dir(Path(out))
-    precision = resolve_precision(tc.precision)
-    if precision == "bf16" and not bf16_supported():
-        raise CharLMError("--precision bf16 needs a CPU with bf16 support (AMX or AVX-512 BF16); use fp32")
+    device = resolve_device(tc.device)
+    precision = resolve_precision(tc.precision, device)
     with checkpoint.exclusive(out):
         checkpoint.remove_stale(out)
         if not resume:
             _claim(out, overwrite)
-        run = Run(prep, out, precision, cb, resume)
+        run = Run(prep, out, device, precision, cb, resume)
         try:
             return _loop(run)
         finally:
@@ -514,6 +506,8 @@ def _loop(run: Run) -> FitResult:
                               run.prep.corpus["valid_poems"], len(run.prep.vocab), count_parameters(model),
                               run.precision, st.batch_size, st.step))
     data = run.stream()
+    pin = run.device.type == "cuda"  # page-locked rows let each window's copy overlap the GPU's work
+    rows = data.rows.pin_memory() if pin else data.rows
     chars_per_step = st.batch_size * tc.seq_len
     clock = last_save = time.perf_counter()
     rate, interrupted = 0.0, None
@@ -522,15 +516,17 @@ def _loop(run: Run) -> FitResult:
             if st.window >= data.windows:  # a new epoch: a new order of poems, a fresh state
                 st.epoch, st.window, st.carried = st.epoch + 1, 0, None
                 data = run.stream()
+                rows = data.rows.pin_memory() if pin else data.rows
             progress = budget.progress(st.step, st.elapsed, st.epochs_done(data.windows))
             if progress >= 1.0:
                 break
             lr = lr_at(st.step, progress, tc)
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, y = get_window(data.rows, st.window, tc.seq_len)  # (B, T) each
+            x, y = (t.to(run.device, non_blocking=True) for t in get_window(rows, st.window, tc.seq_len))  # (B, T)
             t0 = time.perf_counter()
-            step = train_step(model, opt, x, y, st.carried or model.init_state(st.batch_size), tc.clip, run.precision)
+            step = train_step(model, opt, x, y, st.carried or model.init_state(st.batch_size), tc.clip, run.precision,
+                              run.scaler)
             if step.finite:
                 if run.averaged is not None:
                     run.averaged.update()
@@ -604,7 +600,7 @@ def fit_batch_size(prep: Prepared, tc: TrainConfig) -> int:
 # which change neither the model nor the data (a lower --lr after a divergence, say).
 RESUME_BUDGET = ("max_steps", "max_time", "epochs")
 RESUME_FREE = ("lr", "clip", "weight_decay", "warmup_steps", "min_lr_ratio", "eval_interval", "save_every",
-               "precision", "encoding", "ema")
+               "precision", "encoding", "ema", "device")
 
 
 def resume_config(saved: Config, given: Config, changed: dict[str, str]) -> Config:

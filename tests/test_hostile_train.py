@@ -47,8 +47,18 @@ def world(tmp_path_factory):
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink() and p.name != ".lock"}
+    """What a user has under root: every file, with a run's checkpoint and resume state read through
+    their best/ and resume/ links (the unit directories behind them are the trainer's business)."""
+    found = {}
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith((".best.", ".resume."))  # a tampered link may point
+                   and not (os.path.islink(os.path.join(folder, d))  # anywhere: follow only links inside
+                            and os.path.isabs(os.readlink(os.path.join(folder, d))))]
+        for name in files:
+            if name != ".lock":
+                p = Path(folder) / name
+                found[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return found
 
 
 def tamper_resume(change):
