@@ -7,6 +7,7 @@ one line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import sys
@@ -124,6 +125,9 @@ class _Display:
     def on_start(self, info) -> None:
         self._show(self.progress.start)  # only now: an error before the first step shows no bar
         resumed = f", resumed at step {info.resumed_from}" if info.resumed_from else ""
+        if info.processes > 1:
+            self._show(lambda: self.progress.console.print(Text(
+                f"{info.processes} processes share the work: {info.batch_size // info.processes} rows each")))
         self._show(lambda: self.progress.console.print(Text(
             f"corpus {info.corpus_chars:,} characters: {info.train_poems:,} training / {info.valid_poems:,} "
             f"validation lines; vocabulary {info.vocab_size:,}; {info.parameters:,} parameters; "
@@ -268,6 +272,8 @@ def train(
         _fail(f"training stopped: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
               + "; the last complete checkpoint and resume state are kept")
         return
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, process 0 alone reports
+        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143 if result.interrupted else 0)
     table = Table(title="training summary", show_header=False)
     table.add_row("checkpoint", _literal(result.out))
     table.add_row("steps", f"{result.steps:,} ({result.epochs_done:.2f} epochs)")

@@ -17,17 +17,18 @@ import json
 import math
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from charlm import checkpoint
+from charlm import checkpoint, distributed
 from charlm.config import Config, TrainConfig
 from charlm.devices import autocast, grad_scaler, resolve_device, resolve_precision, rng_states, set_rng_states
+from charlm.distributed import Dist
 from charlm.data import (EpochData, epoch_stream, get_window, good_turing_alpha, join_poems, poem_lines, sha256_text,
                          split_poems, unk_probabilities)
 from charlm.errors import CharLMError, describe
@@ -69,6 +70,7 @@ class StartInfo:
     precision: str
     batch_size: int
     resumed_from: int  # step, 0 for a fresh run
+    processes: int = 1  # processes sharing the batch (torchrun)
 
 
 @dataclass
@@ -274,19 +276,22 @@ class StepOutcome:
 
 def train_step(model: CharLM, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                carried: tuple[torch.Tensor, ...], clip: float, precision: str,
-               scaler: torch.amp.GradScaler | None = None) -> StepOutcome:
+               scaler: torch.amp.GradScaler | None = None, loss_fn=None,
+               all_true: Callable[[bool], bool] = bool) -> StepOutcome:
     """One update on window (x, y), both (B, T), starting from the carried state.
 
     Gradients are clipped to global norm ``clip`` (the remedy for exploding gradients). A loss or
     gradient norm that is not finite skips the update, keeps the weights and the carried state as
     they were, and reports finite=False. Under fp16 the loss is scaled (``scaler``); an overflow
-    there only lowers the scale, as it should, and is not counted as a bad step."""
+    there only lowers the scale, as it should, and is not counted as a bad step. With several
+    processes ``loss_fn`` is the DistributedDataParallel module and ``all_true`` makes the skip a
+    decision of all of them."""
     model.train()  # whatever a callback did with the model (sampling puts it in eval mode)
     with autocast(precision, x.device):  # validation is always scored in fp32
-        loss, new_state = model.loss(x, y, carried)
+        loss, new_state = (loss_fn or model.loss)(x, y, carried)
     opt.zero_grad(set_to_none=True)
     value = loss.item()
-    if not math.isfinite(value):
+    if not all_true(math.isfinite(value)):
         return StepOutcome(value, math.nan, False, carried)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -329,6 +334,13 @@ def _catch_signals() -> Iterator[dict]:
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+
+class NoLog:
+    """The metrics log of processes other than 0: they write nothing."""
+
+    def write(self, record: dict) -> None: ...
+    def close(self) -> None: ...
 
 
 class MetricsLog:
@@ -394,11 +406,14 @@ class Run:
     checkpoint (at validation) and the resume state. Built fresh or restored from ``out``."""
 
     def __init__(self, prep: Prepared, out: Path, device: torch.device, precision: str, callbacks: Callbacks,
-                 resume: bool) -> None:
+                 resume: bool, dist: Dist = Dist()) -> None:
         self.prep, self.out, self.device, self.precision, self.cb = prep, out, device, precision, callbacks
+        self.dist = dist
         config, tc = prep.config, prep.config.train
         torch.manual_seed(tc.seed)
         self.model = build_model(config).to(device)  # initialised on the CPU: the same weights anywhere
+        if dist.rank:  # each process draws its own dropout masks for its own rows
+            torch.manual_seed((tc.seed * 1_000_003 + dist.rank) % 2**63)
         self.opt = make_optimizer(self.model, tc)
         self.scaler = grad_scaler(precision, device)
         tensors: dict[str, torch.Tensor] = {}
@@ -407,6 +422,11 @@ class Run:
             carried = [tensors[k].to(device) for k in sorted((k for k in tensors if k.startswith("carried.")),
                                                              key=lambda k: int(k.split(".")[1]))]
             self.st = TrainState.from_counters(counters, tuple(carried) or None)
+            if self.st.carried is not None:  # saved for the whole batch: this process's rows
+                self.st.carried = tuple(t[:, dist.rows(self.st.batch_size)] for t in self.st.carried)
+            own = f"rng.rank{dist.rank}"
+            if dist.rank and counters.get("processes") == dist.world and own in tensors:
+                tensors = {**tensors, "rng": tensors[own]}
             set_rng_states(tensors, device)
             if self.scaler is not None and isinstance(counters.get("grad_scaler"), dict):
                 self.scaler.load_state_dict(counters["grad_scaler"])
@@ -416,10 +436,14 @@ class Run:
                 self.st.best_bpc = float(saved_best)
         else:
             self.st = TrainState(batch_size=fit_batch_size(prep, tc))
+        if self.st.batch_size % dist.world:
+            raise CharLMError(f"a batch of {self.st.batch_size} rows cannot be shared by {dist.world} processes; "
+                              f"use a --batch-size divisible by {dist.world}")
+        self.loss_fn = distributed.wrap(self.model, dist, device)
         self.averaged = WeightAverage(self.model, tc.ema) if tc.ema else None
         if self.averaged is not None and any(k.startswith("ema.") for k in tensors):
             self.averaged.load(tensors)  # else averaging starts now, from the current weights
-        self.log = MetricsLog(out / checkpoint.METRICS, self.st.step if resume else None)
+        self.log = MetricsLog(out / checkpoint.METRICS, self.st.step if resume else None) if dist.main else NoLog()
         self.lines_text = checkpoint.render_lines(prep.lines)
         self.last_bpc = math.nan
 
@@ -430,10 +454,18 @@ class Run:
                             p.unk_p, UNK_ID)
 
     def save_resume(self) -> None:
-        st = self.st
-        tensors = {**rng_states(self.device), **{f"carried.{i}": t for i, t in enumerate(st.carried or ())},
+        """Every process takes part (the carried rows and RNG states are gathered); process 0 writes."""
+        st, dist = self.st, self.dist
+        carried = [dist.gather(t, 1) for t in st.carried or ()]  # the whole batch's rows, in order
+        rng = rng_states(self.device)
+        every_rng = dist.gather(rng["rng"][None], 0)
+        if not dist.main:
+            return
+        tensors = {**rng, **{f"carried.{i}": t for i, t in enumerate(carried)},
+                   **{f"rng.rank{r}": every_rng[r] for r in range(1, dist.world)},
                    **(self.averaged.tensors() if self.averaged is not None else {})}
-        counters = {**st.counters(), "config": self.prep.config.to_dict(), "corpus": self.prep.corpus}
+        counters = {**st.counters(), "config": self.prep.config.to_dict(), "corpus": self.prep.corpus,
+                    "processes": dist.world}
         if self.scaler is not None:
             counters["grad_scaler"] = self.scaler.state_dict()
         checkpoint.save_resume(self.out, self.model, self.opt, counters, tensors, self.prep.vocab, self.prep.counts)
@@ -482,32 +514,51 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
     The resume state is written at every validation and every ``save_every`` minutes, so a run
     killed at any moment continues with ``resume=True`` from its last save, and from there
     repeats the uninterrupted run bit for bit (given a step or epoch budget)."""
-    cb = callbacks or Callbacks()
     tc = prep.config.train
+    dist = distributed.from_env()
+    cb = (callbacks or Callbacks()) if dist.main else Callbacks()
     out = _output_dir(Path(out))
     device = resolve_device(tc.device)
+    if dist.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)  # one GPU per process
     precision = resolve_precision(tc.precision, device)
-    with checkpoint.exclusive(out):
-        checkpoint.remove_stale(out)
-        if not resume:
-            _claim(out, overwrite)
-        run = Run(prep, out, device, precision, cb, resume)
-        try:
-            return _loop(run)
-        finally:
-            run.log.close()
+    distributed.start(dist, device)
+    try:
+        with checkpoint.exclusive(out) if dist.main else nullcontext():
+            refused = None
+            if dist.main:
+                try:
+                    checkpoint.remove_stale(out)
+                    if not resume:
+                        _claim(out, overwrite)
+                except CharLMError as e:
+                    refused = e
+            if not dist.all_true(refused is None):
+                raise refused or CharLMError("process 0 of the launch refused to start the run (see its message)")
+            run = Run(prep, out, device, precision, cb, resume, dist)
+            try:
+                return _loop(run)
+            finally:
+                run.log.close()
+    finally:
+        distributed.stop(dist)
 
 
 def _loop(run: Run) -> FitResult:
     """Train until the budget is spent or a signal arrives; validate and save on the way."""
-    st, model, opt, tc, log = run.st, run.model, run.opt, run.prep.config.train, run.log
+    st, model, opt, tc, log, dist = run.st, run.model, run.opt, run.prep.config.train, run.log, run.dist
     budget = Budget.of(tc)
     run.cb.on_start(StartInfo(run.prep.corpus["characters"], run.prep.corpus["train_poems"],
                               run.prep.corpus["valid_poems"], len(run.prep.vocab), count_parameters(model),
-                              run.precision, st.batch_size, st.step))
-    data = run.stream()
+                              run.precision, st.batch_size, st.step, dist.world))
     pin = run.device.type == "cuda"  # page-locked rows let each window's copy overlap the GPU's work
-    rows = data.rows.pin_memory() if pin else data.rows
+
+    def my_rows(data: EpochData) -> torch.Tensor:  # this process's share of the rows
+        rows = data.rows[dist.rows(st.batch_size)]
+        return rows.pin_memory() if pin else rows
+
+    data = run.stream()
+    rows = my_rows(data)
     chars_per_step = st.batch_size * tc.seq_len
     clock = last_save = time.perf_counter()
     rate, interrupted = 0.0, None
@@ -516,8 +567,13 @@ def _loop(run: Run) -> FitResult:
             if st.window >= data.windows:  # a new epoch: a new order of poems, a fresh state
                 st.epoch, st.window, st.carried = st.epoch + 1, 0, None
                 data = run.stream()
-                rows = data.rows.pin_memory() if pin else data.rows
-            progress = budget.progress(st.step, st.elapsed, st.epochs_done(data.windows))
+                rows = my_rows(data)
+            # process 0 decides for all: the learning rate follows its clock, and so do stops
+            progress, stopped = dist.agree(budget.progress(st.step, st.elapsed, st.epochs_done(data.windows)),
+                                           1.0 if flag["signal"] else 0.0)
+            if stopped:
+                interrupted = flag["signal"] or "a signal to process 0"
+                break
             if progress >= 1.0:
                 break
             lr = lr_at(st.step, progress, tc)
@@ -525,8 +581,8 @@ def _loop(run: Run) -> FitResult:
                 g["lr"] = lr
             x, y = (t.to(run.device, non_blocking=True) for t in get_window(rows, st.window, tc.seq_len))  # (B, T)
             t0 = time.perf_counter()
-            step = train_step(model, opt, x, y, st.carried or model.init_state(st.batch_size), tc.clip, run.precision,
-                              run.scaler)
+            step = train_step(model, opt, x, y, st.carried or model.init_state(x.size(0)), tc.clip, run.precision,
+                              run.scaler, run.loss_fn, dist.all_true)
             if step.finite:
                 if run.averaged is not None:
                     run.averaged.update()
@@ -548,15 +604,13 @@ def _loop(run: Run) -> FitResult:
                                      budget.progress(st.step, st.elapsed, epochs_done)))
             if st.bad_streak >= DIVERGENCE_LIMIT:
                 raise CharLMError(_diverged(st, tc, run.out))
-            if st.step % tc.eval_interval == 0:
+            if st.step % tc.eval_interval == 0 and dist.main:
                 run.validate()
-            if st.step % tc.eval_interval == 0 or time.perf_counter() - last_save >= tc.save_every * 60:
+            (save_due,) = dist.agree(1.0 if time.perf_counter() - last_save >= tc.save_every * 60 else 0.0)
+            if st.step % tc.eval_interval == 0 or save_due:
                 run.save_resume()
                 last_save = time.perf_counter()
-            if flag["signal"]:
-                interrupted = flag["signal"]
-                break
-        if st.last_valid_step != st.step and (st.step > 0 or not checkpoint.is_checkpoint(run.out)):
+        if dist.main and st.last_valid_step != st.step and (st.step > 0 or not checkpoint.is_checkpoint(run.out)):
             run.validate()
         run.save_resume()
     return FitResult(run.out, st.step, st.epochs_done(data.windows), st.elapsed, st.best_bpc, run.last_bpc,
