@@ -27,13 +27,12 @@ from pathlib import Path
 import torch
 
 from charlm import poetry
+from charlm.config import COMPOSE_CANDIDATES, MAX_COMPOSE_CANDIDATES
 from charlm.constrain import PoemConstraint, PoemSpec
 from charlm.errors import CharLMError
 from charlm.sample import SampleSettings, sample_poems
 from charlm.vocab import EOS_ID, escape_char, is_han, is_unprintable
 
-DEFAULT_CANDIDATES = 5
-MAX_CANDIDATES = 50
 POEM_FORMAT_VERSION = 1
 # How a character's tone is shown: 平 ○, 仄 ●, either (a character read both ways) ◐, unknown ?.
 MARKS = {frozenset({poetry.LEVEL}): "○", frozenset({poetry.OBLIQUE}): "●",
@@ -126,15 +125,27 @@ class Composer:
     def poem(self) -> str:
         return poetry.format_poem(self._lines)
 
+    def rules(self) -> list[str]:
+        """What the current line must be, in short phrases: its length, the acrostic's character,
+        the rhyme it must share."""
+        i = self.line_index
+        rules = [f"{self.form.chars} characters"]
+        if self.acrostic:
+            rules.append(f"starting with {self.acrostic[i]}")
+        if i in self.rhyme_lines:
+            _, ends = self._rhyme_needed()
+            rules.append("rhyming with " + "、".join(ends) if ends else f"rhyming in {self.rhyme_group or 'a 平 group'}")
+        return rules
+
     def checks(self) -> poetry.PoemCheck:
         return poetry.check_poem(self.poem, self.form, self.table)
 
     # -- candidates -------------------------------------------------------------------------------
-    def candidates(self, k: int = DEFAULT_CANDIDATES) -> list[Candidate]:
+    def candidates(self, k: int = COMPOSE_CANDIDATES) -> list[Candidate]:
         """Up to ``k`` lines for the current position not shown there before, best first; fewer
         (even none) when the model keeps writing the same ones."""
-        if not 1 <= k <= MAX_CANDIDATES:
-            raise CharLMError(f"ask for 1 to {MAX_CANDIDATES} candidates, not {k}")
+        if not 1 <= k <= MAX_COMPOSE_CANDIDATES:
+            raise CharLMError(f"ask for 1 to {MAX_COMPOSE_CANDIDATES} candidates, not {k}")
         if self.done:
             raise CharLMError("the poem is complete; go back a line to change it")
         prompt = self.poem
@@ -242,7 +253,8 @@ class Composer:
         line, i, form = self.clean(text), self.line_index, self.form
         problems = []
         if len(line) != form.chars:
-            problems.append(f"it has {len(line)} characters where a {form.name} line has {form.chars}")
+            problems.append(f"it has {len(line)} character{'s' if len(line) != 1 else ''} where a {form.name} line "
+                            f"has {form.chars}")
         foreign = [c for c in line if not is_han(c)]
         if foreign:
             problems.append(f"it holds characters that are not Chinese: {' '.join(dict.fromkeys(foreign))}")
