@@ -4,8 +4,8 @@ one or writes their own, and may go back.
 A ``Composer`` holds the poem so far and has no terminal (charlm.cli drives it with prompts; tests
 drive it directly). Candidates for line i are sampled by charlm.sample with the poem so far as the
 prompt and the form's constraints (charlm.constrain); line i is cut out of each sampled poem. They
-are ranked by the model's mean log-probability per character of the line and its closing mark,
-and a line already shown at this position is not shown again (``more`` gives new ones).
+are ranked by the model's mean log-probability per character of the line and its closing mark
+(after a broken rule, lines with fewer problems first), and a line already shown at this position is not shown again (``more`` gives new ones).
 
 A line of the user's own is checked against the form (length, Chinese characters only), the
 acrostic, the rhyme and, with tones, the 平仄 pattern; the user may keep it anyway. Such a line
@@ -142,8 +142,9 @@ class Composer:
 
     # -- candidates -------------------------------------------------------------------------------
     def candidates(self, k: int = COMPOSE_CANDIDATES) -> list[Candidate]:
-        """Up to ``k`` lines for the current position not shown there before, best first; fewer
-        (even none) when the model keeps writing the same ones."""
+        """Up to ``k`` lines for the current position not shown there before, fewest problems (see
+        ``relaxed``) then best score first; fewer (even none) when the model keeps writing the same
+        ones."""
         if not 1 <= k <= MAX_COMPOSE_CANDIDATES:
             raise CharLMError(f"ask for 1 to {MAX_COMPOSE_CANDIDATES} candidates, not {k}")
         if self.done:
@@ -157,10 +158,10 @@ class Composer:
                     found.setdefault(line)
             if len(found) >= k:
                 break
-        scores = self.score(list(found))
-        best = sorted(zip(found, scores), key=lambda pair: -pair[1])[:k]
-        self._shown.update(line for line, _ in best)
-        return [self._candidate(line, score) for line, score in best]
+        ranked = sorted((self._candidate(line, score) for line, score in zip(found, self.score(list(found)))),
+                        key=lambda c: (len(c.problems), -c.score))[:k]
+        self._shown.update(c.text for c in ranked)
+        return ranked
 
     def _decode(self, prompt: str, rows: int):
         """Sampled poems continuing ``prompt`` under the fullest constraints it still fits."""
