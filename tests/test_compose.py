@@ -12,6 +12,7 @@ from charlm.cli import app
 from charlm.compose import Composer, ComposeSpec, tone_marks
 from charlm.errors import CharLMError
 from charlm.poetry import RhymeTable, check_poem, format_poem, parse_form
+from charlm.sample import SampleSettings
 from charlm.vocab import EOS_ID
 
 runner = CliRunner()
@@ -57,6 +58,9 @@ def test_more_candidates_are_new_ones(ckpt):
     first = {x.text for x in c.candidates(3)}
     more = {x.text for x in c.candidates(3)}
     assert first and more and not first & more
+    # greedy decoding writes one line only: it is shown once, then there is nothing new
+    greedy = Composer(ckpt, ComposeSpec("五绝"), seed=0, settings=SampleSettings(temperature=1e-9))
+    assert len(greedy.candidates(3)) == 1 and greedy.candidates(3) == []
 
 
 def test_the_same_seed_and_choices_give_the_same_candidates(ckpt):
