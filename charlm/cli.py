@@ -20,7 +20,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from charlm.config import DEFAULT_EPOCHS, DEVICE_HELP, SEED_MAX, Config, ModelConfig, TrainConfig, parse_duration, parse_unk_alpha
+from charlm.config import (COMPOSE_CANDIDATES, DEFAULT_EPOCHS, DEVICE_HELP, MAX_COMPOSE_CANDIDATES, SEED_MAX, Config,
+                           ModelConfig, TrainConfig, parse_duration, parse_unk_alpha)
 from charlm.errors import CharLMError
 from charlm.vocab import is_unprintable, printable
 
@@ -441,6 +442,195 @@ def generate(
     except BrokenPipeError:  # e.g. `charlm generate -n 9 | head -1`
         sys.stderr.close()
         raise typer.Exit(0)
+
+
+# -- compose -----------------------------------------------------------------------------------
+
+class _Answers:
+    """The user's answers: rich prompts on a terminal; piped, one line of stdin per answer, echoed
+    after the prompt so the transcript reads like a session. None when the input has ended."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdin is not None and sys.stdin.isatty()
+
+    def __call__(self, prompt: str) -> Optional[str]:
+        from rich.prompt import Prompt
+
+        if self.tty:
+            try:
+                return Prompt.ask(Text(prompt), console=err)
+            except EOFError:
+                return None
+        line = sys.stdin.readline() if sys.stdin is not None else ""
+        if not line:
+            return None
+        line = line.rstrip("\r\n")
+        err.print(Text.assemble(prompt, ": ", _literal(line, "bold")), soft_wrap=True)
+        return line
+
+
+def _show_candidates(composer, candidates) -> None:
+    i = composer.line_index
+    err.print(Text.assemble((f"\nline {i + 1} of {composer.form.lines}", "bold"), " (",
+                            _literal(", ".join(composer.rules())), ")"), soft_wrap=True)
+    if composer.relaxed:
+        _say("note:", "cyan", f"an earlier line breaks the rules, so these are decoded without {' and '.join(composer.relaxed)}")
+    if not candidates:
+        _say("note:", "cyan", "the model has no new line here; type your own, or b to go back")
+    for n, c in enumerate(candidates, 1):
+        rhyme = {True: "韵", False: "✗韵", None: ""}[c.rhymes]
+        row = Text.assemble(f"{n:>3}  ", _literal(c.text, "bold"), "  ", (c.marks, "cyan"), f"  {rhyme:<3}",
+                            (f"{c.score:6.2f}", "dim"))
+        err.print(row, soft_wrap=True)
+        for p in c.problems:
+            err.print(Text.assemble("       ", _literal(p, "yellow")), soft_wrap=True)
+
+
+def _show_poem(composer) -> None:
+    from charlm.compose import tone_marks
+    from charlm.poetry import end_mark
+
+    c = composer.checks()
+    err.print()
+    if composer.title:
+        err.print(_literal(composer.title, "bold"), soft_wrap=True)
+    for i, line in enumerate(composer.lines):
+        err.print(Text.assemble("  ", _literal(line + end_mark(i)), "  ", (tone_marks(line, composer.table), "cyan")),
+                  soft_wrap=True)
+    yes = lambda v: "–" if v is None else ("✓" if v else "✗")  # noqa: E731
+    bits = [f"form {yes(c.form_valid)} {c.form}", f"rhyme {yes(c.rhyme_valid)} {c.rhyme_group or ''}".rstrip(),
+            "tones " + ("–" if c.tone_agreement is None else f"{c.tone_agreement:.0%}") + (f" {c.pattern}" if c.pattern else "")]
+    err.print(_literal(" · ".join(bits), "dim"), soft_wrap=True)
+    for p in c.problems:
+        _say("warning:", "yellow", p)
+
+
+def _compose_session(composer, k: int, first_line: Optional[str], ask) -> str:
+    """Run the choices until the poem is complete ("done"), the user quits ("quit") or the input
+    ends ("eof")."""
+    pending = first_line
+    shown = None
+    while not composer.done:
+        if pending is None:
+            if shown is None:
+                shown = composer.candidates(k)
+                _show_candidates(composer, shown)
+            answer = ask(f"1-{len(shown)} pick, m more, b back, q quit, or type a line" if shown
+                         else "m more, b back, q quit, or type a line")
+            if answer is None:
+                return "eof"
+        else:
+            answer, pending = pending, None
+        choice = answer.strip()
+        if not choice:
+            _say("note:", "cyan", "nothing typed; give a number, m, b, q or a line of your own")
+            continue
+        if choice.lower() == "q":
+            return "quit"
+        if choice.lower() == "m":
+            more = composer.candidates(k)
+            if more:
+                shown = more
+            _show_candidates(composer, more)
+            continue
+        if choice.lower() == "b":
+            try:
+                gone = composer.back()
+            except CharLMError as e:
+                _say("note:", "cyan", str(e))
+                continue
+            _say("back:", "cyan", f"removed {gone}")
+            shown = None
+            continue
+        if choice.isdigit():
+            n = int(choice)
+            if shown and 1 <= n <= len(shown):
+                composer.accept(shown[n - 1].text)
+                shown = None
+            else:
+                _say("note:", "cyan", f"there is no candidate {choice}" + (f"; choose 1 to {len(shown)}" if shown else ""))
+            continue
+        try:
+            problems = composer.check(choice)
+        except CharLMError as e:
+            _say("note:", "cyan", str(e))
+            continue
+        if problems:
+            for p in problems:
+                _say("warning:", "yellow", p)
+            confirm = ask("keep it anyway? y/n")
+            if confirm is None:
+                return "eof"
+            if confirm.strip().lower() not in ("y", "yes"):
+                continue
+        composer.accept(choice)
+        shown = None
+    return "done"
+
+
+@app.command()
+def compose(
+    form: Annotated[str, typer.Option(help="Poem form: 五绝, 七绝, 五律, 七律 (or wujue, qijue, wulv, qilv).")],
+    checkpoint: CheckpointOpt = None,
+    title: Annotated[str, typer.Option(help="A title, shown and saved with the poem (the model does not read it).")] = "",
+    acrostic: AcrosticOpt = None,
+    rhyme: Annotated[bool, typer.Option("--rhyme/--no-rhyme", help="Even lines end in one 平水韵 level-tone rhyme group.")] = True,
+    rhyme_group: Annotated[Optional[str], typer.Option(help="The rhyme group to use: 下平七阳, 七阳 or 阳.")] = None,
+    rhyme_first: RhymeFirstOpt = False,
+    tones: Annotated[bool, typer.Option("--tones/--no-tones", help="Candidates follow, and your lines are checked against, the 平仄 pattern.")] = False,
+    first_line: Annotated[Optional[str], typer.Option(help="The first line, checked as if you had typed it.")] = None,
+    k: Annotated[int, typer.Option("-k", "--candidates", help="Candidate lines shown at a time.", min=1,
+                                   max=MAX_COMPOSE_CANDIDATES)] = COMPOSE_CANDIDATES,
+    seed: SeedOpt = None,
+    save: Annotated[Optional[Path], typer.Option(help="Save the finished poem to this new file: JSON with --json, else text.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Let --save replace an existing file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print (and save) the finished poem as one JSON object.")] = False,
+) -> None:
+    """Write a poem line by line with the model: pick a candidate, ask for more, type your own line, or go back.
+
+    At each line the model's candidates are listed best first with their 平仄 (○ 平, ● 仄, ◐ either,
+    ? unknown) and whether they rhyme. Answer 1…K to pick one, m for more, b to go back a line,
+    q to quit, or type a line of your own: it is checked against the form, the acrostic, the rhyme
+    and (with --tones) the 平仄 pattern, and you may keep it anyway. Piped, one answer is read per
+    line of stdin. The finished poem goes to stdout (its title, if any, on the line before); the
+    session, on stderr. Quitting saves nothing; input that ends before the poem does exits with 1.
+    """
+    from charlm.compose import ComposeSpec, Composer, check_save_target
+    from charlm.compose import save as save_poem
+
+    _need_stdout("the poem")
+    try:
+        if save is not None:
+            check_save_target(save, overwrite)
+        ckpt = _load(checkpoint)
+        composer = Composer(ckpt, ComposeSpec(form=form, title=title, acrostic=acrostic or "", rhyme=rhyme,
+                                              rhyme_group=rhyme_group, rhyme_first=rhyme_first, tones=tones),
+                            seed=seed)
+        outcome = _compose_session(composer, k, first_line, _Answers())
+    except CharLMError as e:
+        _fail(str(e))
+        return
+    except KeyboardInterrupt:
+        _say("stopped:", "cyan", "nothing saved")
+        raise typer.Exit(130)
+    if outcome != "done":
+        where = f"at line {composer.line_index + 1} of {composer.form.lines}"
+        if outcome == "quit":
+            _say("stopped:", "cyan", f"{where}; nothing saved")
+            return
+        _fail(f"the input ended {where}, before the poem was complete; nothing saved")
+    _show_poem(composer)
+    if as_json:
+        print(_dumps(composer.to_dict()), flush=True)
+    else:
+        for line in composer.to_text().splitlines():
+            _print_line(line)
+    if save is not None:
+        try:
+            save_poem(save, composer.to_json() if as_json else composer.to_text(), overwrite)
+        except CharLMError as e:
+            _fail(str(e))
+        _say("saved:", "green", str(save))
 
 
 # -- eval --------------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ MAX_STRING = 64  # characters in a string setting (cell, precision, encoding, ..
 # Seeds are 0 … SEED_MAX: what fits a signed 64-bit integer, which torch.Generator.manual_seed,
 # numpy's generators and JSON readers all take as it is (manual_seed wraps negative seeds).
 SEED_MAX = 2**63 - 1
+# charlm compose: candidate lines shown at a time, and the most it will decode for one request.
+COMPOSE_CANDIDATES = 5
+MAX_COMPOSE_CANDIDATES = 50
 
 
 @dataclass

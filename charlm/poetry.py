@@ -212,9 +212,40 @@ class RhymeTable:
         """True when ``a`` and ``b`` share a level-tone group."""
         return bool(self.level_groups(a) & self.level_groups(b))
 
+    def find_level_group(self, name: str) -> str:
+        """The level-tone group called ``name``: its full name (``下平七阳``), the name without its
+        section (``七阳``), or the character it is named after (``阳``); traditional spellings
+        (``下平七陽``) are accepted."""
+        key = to_simplified(name.strip())
+        level = self.group_names(LEVEL)
+        found = [g for g in level if key and (g == key or g[2:] == key or g[-1] == key)]
+        if len(found) != 1:
+            examples = "下平七阳, 七阳 or 阳"
+            if found:
+                raise CharLMError(f"the rhyme group {name!r} could be {' or '.join(found)}; give its full name")
+            raise CharLMError(f"there is no level-tone (平) rhyme group {name!r}; name one as {examples}")
+        return found[0]
+
+    def rhyming_only(self, group: str) -> "RhymeTable":
+        """This table with ``group`` as the only level-tone group a rhyme may use: ``tones`` are
+        unchanged, while ``level_groups`` (and so ``rhymes`` and the decoder's rhyme masks) know
+        ``group`` alone. How a poem is held to one chosen rhyme group."""
+        return _OneRhymeGroup(self, self.find_level_group(group))
+
 
 def _group_tone(name: str) -> str:
     return LEVEL if name.startswith(("上平", "下平")) else OBLIQUE
+
+
+class _OneRhymeGroup(RhymeTable):
+    """A view of a table in which one level-tone group is the only rhyme (``rhyming_only``)."""
+
+    def __init__(self, table: RhymeTable, group: str):
+        self._members, self._groups = table._members, table._groups
+        self.group = group
+
+    def level_groups(self, ch: str) -> frozenset[str]:
+        return frozenset({self.group}) & super().level_groups(ch)
 
 
 # -- tonal patterns ---------------------------------------------------------------------------
