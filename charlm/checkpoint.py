@@ -405,7 +405,9 @@ def config_path(path: Path) -> Path:
     return unit_dir(path) / CONFIG
 
 
-def load(path: str | Path) -> Checkpoint:
+def read_config(path: str | Path) -> tuple[Path, dict, Config]:
+    """The directory holding the checkpoint's files, its config.json and its validated config,
+    without touching the weights: what ``load`` starts with and ``charlm models`` shows."""
     p = Path(path)
     if not p.exists():
         raise CharLMError(f"checkpoint {str(p)!r} does not exist")
@@ -421,7 +423,13 @@ def load(path: str | Path) -> Checkpoint:
         raise CharLMError(
             f"checkpoint {str(p)!r} has format version {describe(version)}; this charlm reads version {FORMAT_VERSION}"
         )
-    config = _config_from(meta, what)
+    return d, meta, _config_from(meta, what)
+
+
+def load(path: str | Path) -> Checkpoint:
+    p = Path(path)
+    what = f"checkpoint {str(p)!r}"
+    d, meta, config = read_config(p)
     vocab_data = read_json_file(d / VOCAB, what)
     vocab, counts = _vocab_from(vocab_data, what)
     if config.model.vocab_size != len(vocab):

@@ -566,5 +566,52 @@ def _judge(checkpoint, poems_file, generate_n, form, acrostic, rhyme, rhyme_firs
     out.print(tot)
 
 
+# -- models ------------------------------------------------------------------------------------
+
+def _bytes(n: int) -> str:
+    return f"{n / 10**6:,.1f} MB" if n >= 10**5 else f"{n / 1000:,.1f} kB"
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the models charlm can find: the shipped ones and the runs under ./checkpoints/.
+
+    Each with its training corpus, size on disk, parameters and validation bits per character, as
+    its config.json records them (no weights are loaded). The one generate and eval use without
+    --checkpoint is marked default; a broken checkpoint is listed with what is wrong with it.
+    """
+    from charlm.catalog import list_models
+
+    _need_stdout("the list")
+    try:
+        found = list_models()
+    except CharLMError as e:
+        _fail(str(e))
+        return
+    if as_json:
+        print(_dumps({"models": [m.to_dict() for m in found]}))
+        return
+    if not found:
+        _say("note:", "yellow", "no models found: train one with `charlm train CORPUS`")
+        return
+    table = Table(title="models (* = the default for generate and eval)", show_lines=True)
+    table.add_column("")
+    table.add_column("model", overflow="fold", ratio=3)
+    table.add_column("corpus", overflow="fold", ratio=2)
+    for col in ("size", "parameters", "valid bpc"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for m in found:
+        model = Text.assemble(_literal(m.name, style="bold"), (f" ({m.source})", "dim"), "\n", _literal(m.path))
+        if m.problem:
+            table.add_row("*" if m.default else "", model, _literal("broken: " + m.problem, style="red"), "–", "–", "–")
+            continue
+        corpus = _literal(m.corpus or "–")
+        if m.corpus_chars is not None:
+            corpus.append(f"\n{m.corpus_chars:,} characters", style="dim")
+        table.add_row("*" if m.default else "", model, corpus, _bytes(m.size_bytes), f"{m.parameters:,}",
+                      "–" if m.valid_bpc is None else f"{m.valid_bpc:.3f}")
+    Console().print(table)
+
+
 def main() -> None:
     app()
