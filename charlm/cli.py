@@ -220,6 +220,7 @@ def train(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).", min=1)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out with its saved settings; a new --max-steps, --max-time or --epochs replaces its budget.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh even if --out holds another run, replacing it.")] = False,
+    tensorboard: Annotated[Optional[Path], typer.Option(help="Also write the training and validation curves into this folder for TensorBoard (pip install 'charlm[tensorboard]').")] = None,
 ) -> None:
     """Train a character-level LSTM on CORPUS; the best checkpoint by validation bpc goes to --out.
 
@@ -227,8 +228,9 @@ def train(
     a kill or Ctrl-C, `charlm train CORPUS --out DIR --resume` continues where it was saved.
     """
     from charlm.data import read_corpus
-    from charlm.train import train_corpus
+    from charlm.train import MultiCallbacks, train_corpus
 
+    board = None
     try:
         if resume and overwrite:
             raise CharLMError("give either --resume or --overwrite, not both")
@@ -244,6 +246,10 @@ def train(
                 encoding=encoding, ema=ema, unk_alpha=parse_unk_alpha(unk_alpha),
             ),
         )
+        if tensorboard is not None:
+            from charlm.tensorboard_log import TensorBoardLog
+
+            board = TensorBoardLog(tensorboard)
         if threads:
             import torch
 
@@ -255,10 +261,13 @@ def train(
                    TimeRemainingColumn(compact=True)]
         display = _Display(Progress(*columns, console=err, transient=False), seed)
         try:
-            result = train_corpus(text, config, out_dir, corpus_path=str(corpus), callbacks=display, resume=resume,
+            result = train_corpus(text, config, out_dir, corpus_path=str(corpus),
+                                  callbacks=MultiCallbacks(display, board) if board else display, resume=resume,
                                   overwrite=overwrite, changed=_given_options(ctx) if resume else None)
         finally:
             display.close()
+            if board is not None:
+                board.close()
     except CharLMError as e:
         _fail(str(e))
         return
