@@ -47,9 +47,12 @@ def _number(value) -> float | None:
 
 
 def _unit_size(d: Path) -> int:
-    """Bytes of the regular files directly in d (symbolic links are not followed)."""
+    """Bytes of the checkpoint's files in d: the regular files directly in it (symbolic links not
+    followed), less a run's log and lock where a checkpoint is written flat."""
     total = 0
     for entry in d.iterdir():
+        if entry.name in (checkpoint.METRICS, checkpoint.LOCK):
+            continue
         info = entry.lstat()
         if stat.S_ISREG(info.st_mode):
             total += info.st_size
