@@ -65,7 +65,8 @@ def describe(path: Path, name: str, source: str, default: bool = False) -> Model
         d, meta, config = checkpoint.read_config(path)
         weights = d / checkpoint.WEIGHTS
         if not weights.is_file():
-            raise CharLMError(f"checkpoint {str(path)!r} has no {checkpoint.WEIGHTS}")
+            raise CharLMError(f"checkpoint {str(path)!r} has " + (f"a {checkpoint.WEIGHTS} that is not a regular file"
+                              if os.path.lexists(weights) else f"no {checkpoint.WEIGHTS}"))
         parameters = planned_size(config.model)
         size = _unit_size(d)
     except CharLMError as e:

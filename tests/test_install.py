@@ -47,7 +47,8 @@ def test_a_wheel_installed_in_a_fresh_venv_generates_with_the_shipped_model(tmp_
     build = "import sys; from setuptools import build_meta as b; print(b.build_sdist(sys.argv[1]))"
     sdist = dist / _run(sys.executable, "-c", build, dist, cwd=src).stdout.split()[-1]
     with tarfile.open(sdist) as tar:
-        tar.extractall(tmp_path / "unpacked", filter="data")
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python 3.10.12+, 3.11.4+
+        tar.extractall(tmp_path / "unpacked", **safe)
     (unpacked,) = (tmp_path / "unpacked").iterdir()
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
          "-w", dist, unpacked)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,23 @@ def test_the_installed_package_is_looked_in_before_the_source_checkout(tmp_path,
     assert checkpoint.shipped_models() == {}  # and no pyproject.toml beside it: not a source checkout
     with pytest.raises(checkpoint.CharLMError, match="no checkpoint found"):
         checkpoint.find_default(None)
+
+
+def test_every_tampered_checkpoint_of_the_hostile_matrix_is_listed_without_a_traceback(trained, tmp_path, monkeypatch):
+    """The 55 tampered checkpoints of test_hostile_checkpoints side by side under ./checkpoints/: one
+    listing names each; what config.json shows is a sentence, the rest waits for load to find."""
+    from test_hostile_checkpoints import CASES
+
+    for name, tamper, _ in CASES:
+        shutil.copytree(checkpoint.unit_dir(trained), tmp_path / "checkpoints" / name)
+        tamper(tmp_path / "checkpoints" / name)
+    monkeypatch.chdir(tmp_path)
+    r = run("models", "--json")
+    assert r.exit_code == 0 and r.exception is None, r.stderr
+    found = {m["name"]: m for m in json.loads(r.stdout)["models"] if m["source"] == "local"}
+    assert set(found) == {name for name, _, _ in CASES}
+    for m in found.values():
+        assert m["problem"] is None or ("\n" not in m["problem"] and len(m["problem"]) < 400), m
+    assert "corrupt config.json" in found["config-not-utf8"]["problem"]
+    r = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "Traceback" not in r.stderr and "\x1b" not in r.stdout
