@@ -405,9 +405,9 @@ def config_path(path: Path) -> Path:
     return unit_dir(path) / CONFIG
 
 
-def load(path: str | Path, device: torch.device | str | None = None) -> Checkpoint:
-    """Read and check a checkpoint; its model goes to ``device`` (the CPU by default), whatever
-    device it was trained on: the weights on disk are plain safetensors."""
+def read_config(path: str | Path) -> tuple[Path, dict, Config]:
+    """The directory holding the checkpoint's files, its config.json and its validated config,
+    without touching the weights: what ``load`` starts with and ``charlm models`` shows."""
     p = Path(path)
     if not p.exists():
         raise CharLMError(f"checkpoint {str(p)!r} does not exist")
@@ -423,7 +423,15 @@ def load(path: str | Path, device: torch.device | str | None = None) -> Checkpoi
         raise CharLMError(
             f"checkpoint {str(p)!r} has format version {describe(version)}; this charlm reads version {FORMAT_VERSION}"
         )
-    config = _config_from(meta, what)
+    return d, meta, _config_from(meta, what)
+
+
+def load(path: str | Path, device: torch.device | str | None = None) -> Checkpoint:
+    """Read and check a checkpoint; its model goes to ``device`` (the CPU by default), whatever
+    device it was trained on: the weights on disk are plain safetensors."""
+    p = Path(path)
+    what = f"checkpoint {str(p)!r}"
+    d, meta, config = read_config(p)
     vocab_data = read_json_file(d / VOCAB, what)
     vocab, counts = _vocab_from(vocab_data, what)
     if config.model.vocab_size != len(vocab):
@@ -585,7 +593,7 @@ def exclusive(path: Path) -> Iterator[None]:
 
 def find_default(explicit: str | Path | None) -> tuple[Path, str]:
     """Which checkpoint generate/eval use, and why: --checkpoint, else the newest under
-    ./checkpoints/, else the model shipped with charlm."""
+    ./checkpoints/, else the default model shipped with charlm."""
     if explicit is not None:
         return Path(explicit), "given with --checkpoint"
     local = Path("checkpoints")
@@ -600,9 +608,38 @@ def find_default(explicit: str | Path | None) -> tuple[Path, str]:
     raise CharLMError("no checkpoint found: train one with `charlm train CORPUS` or pass --checkpoint DIR")
 
 
+# -- the shipped models ----------------------------------------------------------------------
+# charlm/shipped.json names the shipped models and the default. An installed charlm holds them
+# in charlm/shipped/<name>/ (setup.py copies them there when it builds the wheel); a source
+# checkout, and so an editable install, holds them in checkpoints/<name>/ beside the package.
+
+PACKAGE = Path(__file__).resolve().parent
+
+
 def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return PACKAGE.parent
+
+
+def _shipped_manifest() -> dict:
+    return json.loads((PACKAGE / "shipped.json").read_text(encoding="utf-8"))
+
+
+def _shipped_path(name: str) -> Path:
+    """Where the shipped model ``name`` is: inside the package, else in the source checkout."""
+    installed = PACKAGE / "shipped" / name
+    checkout = project_root() / "checkpoints" / name
+    if not is_checkpoint(installed) and (project_root() / "pyproject.toml").is_file() and is_checkpoint(checkout):
+        return checkout
+    return installed
+
+
+def shipped_models() -> dict[str, Path]:
+    """The shipped models present in this installation, name → folder, the default first."""
+    manifest = _shipped_manifest()
+    names = sorted(manifest["models"], key=lambda n: n != manifest["default"])
+    return {n: p for n in names if is_checkpoint(p := _shipped_path(n))}
 
 
 def shipped_checkpoint() -> Path:
-    return project_root() / "checkpoints" / "tang-quatrains"
+    """The folder of the default shipped model (which may be missing from this installation)."""
+    return _shipped_path(_shipped_manifest()["default"])

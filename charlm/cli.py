@@ -226,6 +226,7 @@ def train(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).", min=1)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out with its saved settings; a new --max-steps, --max-time or --epochs replaces its budget.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh even if --out holds another run, replacing it.")] = False,
+    tensorboard: Annotated[Optional[Path], typer.Option(help="Also write the training and validation curves into this folder for TensorBoard (pip install 'charlm[tensorboard]').")] = None,
 ) -> None:
     """Train a character-level LSTM on CORPUS; the best checkpoint by validation bpc goes to --out.
 
@@ -233,8 +234,9 @@ def train(
     a kill or Ctrl-C, `charlm train CORPUS --out DIR --resume` continues where it was saved.
     """
     from charlm.data import read_corpus
-    from charlm.train import train_corpus
+    from charlm.train import MultiCallbacks, train_corpus
 
+    board = None
     try:
         if resume and overwrite:
             raise CharLMError("give either --resume or --overwrite, not both")
@@ -251,6 +253,10 @@ def train(
                 encoding=encoding, ema=ema, unk_alpha=parse_unk_alpha(unk_alpha),
             ),
         )
+        if tensorboard is not None:
+            from charlm.tensorboard_log import TensorBoardLog
+
+            board = TensorBoardLog(tensorboard)
         if threads:
             import torch
 
@@ -262,10 +268,13 @@ def train(
                    TimeRemainingColumn(compact=True)]
         display = _Display(Progress(*columns, console=err, transient=False), seed)
         try:
-            result = train_corpus(text, config, out_dir, corpus_path=str(corpus), callbacks=display, resume=resume,
+            result = train_corpus(text, config, out_dir, corpus_path=str(corpus),
+                                  callbacks=MultiCallbacks(display, board) if board else display, resume=resume,
                                   overwrite=overwrite, changed=_given_options(ctx) if resume else None)
         finally:
             display.close()
+            if board is not None:
+                board.close()
     except CharLMError as e:
         _fail(str(e))
         return
@@ -762,6 +771,53 @@ def _judge(checkpoint, poems_file, generate_n, form, acrostic, rhyme, rhyme_firs
     tot.add_row("copy rate (lines)", pct(summary.copy_rate))
     tot.add_row("longest copied span", _literal(summary.longest_copy or "–"))
     out.print(tot)
+
+
+# -- models ------------------------------------------------------------------------------------
+
+def _bytes(n: int) -> str:
+    return f"{n / 10**6:,.1f} MB" if n >= 10**5 else f"{n / 1000:,.1f} kB"
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the models charlm can find: the shipped ones and the runs under ./checkpoints/.
+
+    Each with its training corpus, size on disk, parameters and validation bits per character, as
+    its config.json records them (no weights are loaded). The one generate and eval use without
+    --checkpoint is marked default; a broken checkpoint is listed with what is wrong with it.
+    """
+    from charlm.catalog import list_models
+
+    _need_stdout("the list")
+    try:
+        found = list_models()
+    except CharLMError as e:
+        _fail(str(e))
+        return
+    if as_json:
+        print(_dumps({"models": [m.to_dict() for m in found]}))
+        return
+    if not found:
+        _say("note:", "yellow", "no models found: train one with `charlm train CORPUS`")
+        return
+    table = Table(title="models (* = the default for generate and eval)", show_lines=True)
+    table.add_column("")
+    table.add_column("model", overflow="fold", ratio=3)
+    table.add_column("corpus", overflow="fold", ratio=2)
+    for col in ("size", "parameters", "valid bpc"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for m in found:
+        model = Text.assemble(_literal(m.name, style="bold"), (f" ({m.source})", "dim"), "\n", _literal(m.path))
+        if m.problem:
+            table.add_row("*" if m.default else "", model, _literal("broken: " + m.problem, style="red"), "–", "–", "–")
+            continue
+        corpus = _literal(m.corpus or "–")
+        if m.corpus_chars is not None:
+            corpus.append(f"\n{m.corpus_chars:,} characters", style="dim")
+        table.add_row("*" if m.default else "", model, corpus, _bytes(m.size_bytes), f"{m.parameters:,}",
+                      "–" if m.valid_bpc is None else f"{m.valid_bpc:.3f}")
+    Console().print(table)
 
 
 def main() -> None:

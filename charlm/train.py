@@ -93,6 +93,25 @@ class Callbacks:
     def on_valid(self, event: ValidEvent, model: CharLM, vocab: Vocab) -> None: ...
 
 
+class MultiCallbacks(Callbacks):
+    """Several callbacks as one, each told everything in the order given (a display, a log)."""
+
+    def __init__(self, *callbacks: Callbacks) -> None:
+        self.callbacks = callbacks
+
+    def on_start(self, info: StartInfo) -> None:
+        for c in self.callbacks:
+            c.on_start(info)
+
+    def on_step(self, event: StepEvent) -> None:
+        for c in self.callbacks:
+            c.on_step(event)
+
+    def on_valid(self, event: ValidEvent, model: CharLM, vocab: Vocab) -> None:
+        for c in self.callbacks:
+            c.on_valid(event, model, vocab)
+
+
 # -- helpers -------------------------------------------------------------------------------
 
 def lr_at(step: int, progress: float, cfg) -> float:
