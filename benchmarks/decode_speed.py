@@ -101,7 +101,8 @@ def main() -> None:
     gen_s = median(lambda: command_seconds([sys.executable, "-m", "charlm", "generate", "--prompt", "天地",
                                             "--seed", "1"]), R)
     print(f"{'command':<46}{'seconds':>10}{'× torch':>9}")
-    print(f"{'python -c \"import torch\"':<46}{torch_s:>10.2f}{1.0:>9.2f}")
+    label = 'python -c "import torch"'
+    print(f"{label:<46}{torch_s:>10.2f}{1.0:>9.2f}")
     print(f"{'charlm generate --prompt 天地':<46}{gen_s:>10.2f}{gen_s / torch_s:>9.2f}")
 
 
