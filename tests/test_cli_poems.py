@@ -31,7 +31,7 @@ def test_form_on_a_tiny_model_and_json_checks(trained):
 
 @pytest.mark.parametrize("args, message", [
     (["--form", "sonnet"], "五绝"),
-    (["--form", "五绝", "--prompt", "春眠不觉晓处"], "cannot fit 五绝"),
+    (["--form", "五绝", "--prompt", "春眠不觉晓处"], "a 五绝 line has 5 characters"),
     (["--form", "五绝", "--acrostic", "春山"], "has 4 lines"),
     (["--acrostic", "春\u9fff"], "\u9fff"),
     (["--rhyme"], "need --form"),

@@ -72,11 +72,11 @@ def test_prompt_counts_toward_the_first_line(model, vocab):
 
 
 @pytest.mark.parametrize("kwargs, prompt, message", [
-    (dict(form="五绝"), "白日依山尽黄", "cannot fit 五绝"),
-    (dict(form="五绝"), "白日,", "cannot fit"),
-    (dict(form="五绝", tones=True), "白云青山", "tonal pattern"),
+    (dict(form="五绝"), "白日依山尽黄", "a 五绝 line has 5 characters, so ， comes here"),
+    (dict(form="五绝"), "白日,", "holds 5 Chinese characters and no punctuation"),
+    (dict(form="五绝", tones=True), "白云青山", "--tones needs a .-tone character at position"),
     (dict(form="五绝", acrostic="春夏秋"), "", "has 4 lines"),
-    (dict(form="五绝", acrostic="春夏秋冬"), "白", "cannot fit"),
+    (dict(form="五绝", acrostic="春夏秋冬"), "白", "--acrostic 春夏秋冬 starts line 1 with 春"),
     (dict(acrostic="春\u9fff"), "", "not in this model's vocabulary"),
     (dict(rhyme=True), "", "need --form"),
     (dict(form="五绝", rhyme_first=True), "", "needs --rhyme"),
