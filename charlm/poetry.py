@@ -433,3 +433,14 @@ def check_poem(text: str, form: Form | None = None, table: RhymeTable | None = N
         tone_unknown=unknown if scored else None,
         tone_valid=(agreement == 1.0 and unknown == 0) if scored else None,
     )
+
+
+# -- repetition -------------------------------------------------------------------------------
+
+
+def repetition(text: str) -> tuple[bool, int]:
+    """(whether a Han bigram within a line occurs twice, the count of the poem's most frequent Han
+    character): ``不知何事事何如，何事人间不得知`` → (True, 3)."""
+    han = [c for c in text if is_han(c)]
+    bigrams = [a + b for line in split_lines(text) for a, b in zip(line, line[1:]) if is_han(a) and is_han(b)]
+    return len(bigrams) != len(set(bigrams)), max(Counter(han).values(), default=0)

@@ -22,29 +22,11 @@ from typing import Callable
 
 import torch
 
+from charlm.config import SampleSettings
 from charlm.constrain import PoemConstraint, PoemSpec, Repeats
 from charlm.errors import CharLMError
 from charlm.model import CharLM
 from charlm.vocab import EOS, EOS_ID, UNK_ID, Vocab, escape_char, is_unprintable
-
-
-@dataclass(frozen=True)
-class SampleSettings:
-    temperature: float = 0.8
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    max_chars: int = 200  # ignored with a form, whose poems have a fixed length
-    no_repeat: bool = False  # no repeated bigram, at most constrain.MAX_REPEAT of one character
-
-    def __post_init__(self) -> None:
-        if not 0 < self.temperature < math.inf:  # also refuses NaN
-            raise CharLMError("--temperature must be a finite number greater than 0")
-        if self.top_k < 0:
-            raise CharLMError("--top-k must be 0 (off) or a positive number")
-        if not 0 < self.top_p <= 1:  # also refuses NaN
-            raise CharLMError("--top-p must be in (0, 1]")
-        if self.max_chars < 1:
-            raise CharLMError("--max-chars must be at least 1")
 
 
 def check_prompt(prompt: str) -> None:
@@ -318,3 +300,39 @@ def generate(model: CharLM, vocab: Vocab, prompt: str = "", *, settings: SampleS
     end of the poem (a newline, not included) or ``max_chars`` new characters."""
     return sample_poems(model, vocab, prompt, 1, settings=settings or SampleSettings(),
                         generator=generator, on_char=on_char)[0].text
+
+
+def prepare_prompt(vocab: Vocab, prompt: str) -> str:
+    """The prompt as the model reads it: normalised (vocab.normalize), its ？！；：、 read as the marks
+    the model knows (poetry.known_marks), and checked (check_prompt)."""
+    from charlm.poetry import LINE_ENDS, known_marks
+
+    text = known_marks(vocab.normalize(prompt), "".join(c for c in LINE_ENDS if c in vocab))
+    check_prompt(text)
+    return text
+
+
+def write_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: PoemSpec = PoemSpec(),
+                settings: SampleSettings = SampleSettings(), best_of: int = 1, beam: int = 0,
+                no_repeat: bool | None = None, seed: int | None = None, lines: set[str] | None = None,
+                on_char: Callable[[str], None] | None = None,
+                on_warning: Callable[[str], None] | None = None) -> list[Result]:
+    """What `charlm generate` and `charlm eval --generate` run: the prompt normalised (its
+    ？！；：、 read as the marks the model knows, see poetry.known_marks), then beam search when
+    ``beam`` > 0, else sampling seeded with ``seed`` (a fresh seed when None). ``no_repeat`` None
+    means on for beam search and off for sampling. Unknown prompt characters go to ``on_warning``."""
+    from dataclasses import replace
+
+    text = prepare_prompt(vocab, prompt)
+    unknown = vocab.unknown(text)
+    if unknown and on_warning is not None:
+        on_warning(f"not in this model's vocabulary, read as unknown: {' '.join(unknown)}")
+    if beam:
+        return beam_poems(model, vocab, text, n, spec=spec, beam=beam, lines=lines,
+                          no_repeat=True if no_repeat is None else no_repeat)
+    if no_repeat is not None:
+        settings = replace(settings, no_repeat=no_repeat)
+    g = torch.Generator()
+    g.manual_seed(seed if seed is not None else torch.seed())
+    return sample_poems(model, vocab, text, n, spec=spec, settings=settings, best_of=best_of,
+                        lines=lines, generator=g, on_char=on_char)
