@@ -142,3 +142,49 @@ def test_batched_decoding_steps_one_character_at_a_time(model, vocab, monkeypatc
     _gen(model, vocab, n=16, prompt="白日", form="七律", rhyme=True, tones=True)
     assert lengths[0] == 3 and all(t == 1 for t in lengths[1:])  # the prompt once, then one step each
     assert all(b == 16 for b in batches[1:])  # one batch of 16 poems, not 16 loops
+
+
+def _repeats(text):
+    from charlm.poetry import repetition
+
+    return repetition(text)
+
+
+@pytest.mark.parametrize("form, n, beam", [("五绝", 3, 6), ("七绝", 4, 8), ("五律", 2, 4)])
+def test_beams_never_repeat_a_bigram_keep_the_cap_and_differ(model, vocab, form, n, beam):
+    from charlm.constrain import MAX_REPEAT
+
+    spec = PoemSpec(form=parse_form(form), rhyme=True, tones=True)
+    out = beam_poems(model, vocab, "", n, spec=spec, beam=beam)
+    assert len(out) == n and len({r.text for r in out}) == n
+    for r in out:
+        repeated, top = _repeats(r.text)
+        assert not repeated and top <= MAX_REPEAT, r.text
+        assert check_poem(r.text, parse_form(form)).form_valid
+
+
+def test_beam_search_without_no_repeat_repeats_on_a_random_model(model, vocab):
+    # the control: an untrained model's maximum-likelihood beams loop, which is what no_repeat stops
+    spec = PoemSpec(form=parse_form("七绝"))
+    out = beam_poems(model, vocab, "", 2, spec=spec, beam=4, no_repeat=False)
+    assert any(_repeats(r.text)[0] for r in out)
+
+
+def test_sampling_no_repeat_holds_on_every_row(model, vocab):
+    out = sample_poems(model, vocab, "", 8, spec=PoemSpec(form=parse_form("五绝")),
+                       settings=SampleSettings(temperature=0.3, no_repeat=True),
+                       generator=torch.Generator().manual_seed(0))
+    for r in out:
+        repeated, top = _repeats(r.text)
+        assert not repeated and top <= 2, r.text
+
+
+def test_decoders_restore_the_models_mode(model, vocab):
+    model.train()
+    try:
+        sample_poems(model, vocab, "", 2, generator=torch.Generator().manual_seed(0))
+        assert model.training
+        beam_poems(model, vocab, "", 2, spec=PoemSpec(form=parse_form("五绝")), beam=2)
+        assert model.training
+    finally:
+        model.eval()
