@@ -406,12 +406,12 @@ def generate(
         sys.stdout.flush()
 
     try:
-        if form and max_chars is not None:
-            raise CharLMError("--max-chars does not apply with --form, whose poems have a fixed length; give one of them")
         settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p,
                                   max_chars=_S.max_chars if max_chars is None else max_chars)
         ckpt = _load(checkpoint)
         spec = _poem_spec(ckpt.vocab, form, acrostic, rhyme, rhyme_first, tones, novel)
+        if spec.form is not None and max_chars is not None:
+            raise CharLMError("--max-chars does not apply with --form, whose poems have a fixed length; give one of them")
         results = _sample(ckpt, prompt, n, spec, settings, best_of, beam, seed, no_repeat,
                           on_char=emit if stream else None)
         if stream:
