@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from rich.text import Text
 from charlm.config import (COMPOSE_CANDIDATES, DEFAULT_EPOCHS, DEVICE_HELP, MAX_COMPOSE_CANDIDATES, SEED_MAX, Config,
                            ModelConfig, TrainConfig, parse_duration, parse_unk_alpha)
 from charlm.errors import CharLMError
+from charlm.config import SampleSettings
 from charlm.vocab import is_unprintable, printable
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app = typer.Typer(
 )
 err = Console(stderr=True, highlight=False)
 _M, _T = ModelConfig(), TrainConfig()
+_S = SampleSettings()
 
 CheckpointOpt = Annotated[Optional[Path], typer.Option(
     "--checkpoint", help="Checkpoint directory. Default: the newest under ./checkpoints/, else the shipped model.")]
@@ -323,6 +324,9 @@ TemperatureOpt = Annotated[float, typer.Option(help=(
     "so a tiny T such as 1e-9 always takes the likeliest character (greedy) and a huge one samples uniformly."))]
 TopKOpt = Annotated[int, typer.Option(help="Sample among the k likeliest characters (0 = off).")]
 TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling: smallest set with this probability mass, in (0, 1].")]
+NoRepeatOpt = Annotated[Optional[bool], typer.Option(
+    "--no-repeat/--repeat", help="No repeated character bigram in a poem and at most 2 uses of one character "
+    "(97% of real quatrains keep both). Default: on for --beam, off for sampling.", show_default=False)]
 SeedOpt = Annotated[Optional[int], typer.Option(
     help="Seed for reproducible samples, 0 … 2**63 − 1.", min=0, max=SEED_MAX)]
 
@@ -339,31 +343,13 @@ def _poem_spec(vocab, form, acrostic, rhyme, rhyme_first, tones, novel):
                     rhyme_first=rhyme_first, tones=tones, novel=novel)
 
 
-def _sample(ckpt, prompt, n, spec, settings, best_of, beam, seed, on_char=None):
-    """Run the sampler the options ask for; returns charlm.sample.Result objects."""
-    import torch
+def _sample(ckpt, prompt, n, spec, settings, best_of, beam, seed, no_repeat=None, on_char=None):
+    """charlm.sample.write_poems on the loaded checkpoint, its warnings on stderr."""
+    from charlm.sample import write_poems
 
-    from charlm.sample import beam_poems, check_prompt, sample_poems
-
-    text = ckpt.vocab.normalize(prompt)
-    check_prompt(text)
-    unknown = ckpt.vocab.unknown(text)
-    if unknown:
-        _say("warning:", "yellow", f"not in this model's vocabulary, read as unknown: {' '.join(unknown)}")
-    if beam:
-        return beam_poems(ckpt.model, ckpt.vocab, text, n, spec=spec, beam=beam, lines=ckpt.lines)
-    g = torch.Generator()
-    g.manual_seed(seed if seed is not None else torch.seed())
-    return sample_poems(ckpt.model, ckpt.vocab, text, n, spec=spec, settings=settings, best_of=best_of,
-                        lines=ckpt.lines, generator=g, on_char=on_char)
-
-
-def _checks(text, spec):
-    from charlm.poetry import check_poem
-
-    c = check_poem(text, spec.form)
-    return {"form": c.form, "form_valid": c.form_valid, "rhyme_valid": c.rhyme_valid, "rhyme_group": c.rhyme_group,
-            "tone_agreement": c.tone_agreement, "tone_valid": c.tone_valid, "pattern": c.pattern}
+    return write_poems(ckpt.model, ckpt.vocab, prompt, n, spec=spec, settings=settings, best_of=best_of, beam=beam,
+                       no_repeat=no_repeat, seed=seed, lines=ckpt.lines, on_char=on_char,
+                       on_warning=lambda w: _say("warning:", "yellow", w))
 
 
 def _panel(result, checks, index):
@@ -373,7 +359,9 @@ def _panel(result, checks, index):
     from rich.panel import Panel
     from rich.text import Text
 
-    lines = re.findall(r"[^，。？！；]+[，。？！；]?", result.text) or [result.text]
+    from charlm.poetry import lines_with_marks
+
+    lines = lines_with_marks(result.text)
     bits = [f"{result.score:.2f} nats/char"]
     pattern = result.pattern or checks.get("pattern")  # the decoder's pattern under --tones
     for value in (checks.get("form"), pattern, checks.get("rhyme_group")):
@@ -391,10 +379,12 @@ def generate(
         "Text the poem starts with (traditional characters are accepted); one line: a newline ends a poem, "
         "so a prompt holding one, or another control character, is refused."))] = "",
     n: Annotated[int, typer.Option("-n", help="Number of poems, decoded together in one batch.", min=1)] = 1,
-    temperature: TemperatureOpt = 0.8,
-    top_k: TopKOpt = 0,
-    top_p: TopPOpt = 1.0,
-    max_chars: Annotated[int, typer.Option(help="Stop a poem after this many new characters (at least 1).")] = 200,
+    temperature: TemperatureOpt = _S.temperature,
+    top_k: TopKOpt = _S.top_k,
+    top_p: TopPOpt = _S.top_p,
+    max_chars: Annotated[Optional[int], typer.Option(help=(
+        f"Stop a poem after this many new characters (at least 1; default {_S.max_chars}). Not with --form, "
+        "whose poems have a fixed length."), show_default=False)] = None,
     seed: SeedOpt = None,
     form: FormOpt = None,
     acrostic: AcrosticOpt = None,
@@ -404,6 +394,7 @@ def generate(
     novel: NovelOpt = False,
     best_of: BestOfOpt = 1,
     beam: BeamOpt = 0,
+    no_repeat: NoRepeatOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write poems that continue --prompt; each stops at the end of the poem or --max-chars.
@@ -412,6 +403,7 @@ def generate(
     --beam on a terminal, each poem is shown in a panel with its score (mean log-probability per
     character); piped, stdout holds one poem per line.
     """
+    from charlm.judge import poem_checks
     from charlm.sample import SampleSettings
 
     _need_stdout("the poems")
@@ -424,25 +416,31 @@ def generate(
         nonlocal started
         if not started:  # the prompt goes out with the first new character, once nothing can fail
             started = True
-            sys.stdout.write(printable(ckpt.vocab.normalize(prompt)))
+            from charlm.sample import prepare_prompt
+
+            sys.stdout.write(printable(prepare_prompt(ckpt.vocab, prompt)))
         sys.stdout.write(printable(ch))
         sys.stdout.flush()
 
     try:
-        settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p, max_chars=max_chars)
+        settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p,
+                                  max_chars=_S.max_chars if max_chars is None else max_chars)
         ckpt = _load(checkpoint)
         spec = _poem_spec(ckpt.vocab, form, acrostic, rhyme, rhyme_first, tones, novel)
-        results = _sample(ckpt, prompt, n, spec, settings, best_of, beam, seed, on_char=emit if stream else None)
+        if spec.form is not None and max_chars is not None:
+            raise CharLMError("--max-chars does not apply with --form, whose poems have a fixed length; give one of them")
+        results = _sample(ckpt, prompt, n, spec, settings, best_of, beam, seed, no_repeat,
+                          on_char=emit if stream else None)
         if stream:
             sys.stdout.write(("" if started else printable(results[0].text)) + "\n")
         elif as_json:
             poems = [{"text": r.text, "logprob": r.logprob, "score": r.score, "pattern": r.pattern,
-                      "checks": _checks(r.text, spec)} for r in results]
+                      "checks": poem_checks(r.text, spec.form)} for r in results]
             print(_dumps({"checkpoint": str(ckpt.path), "samples": [r.text for r in results], "poems": poems}))
         elif fancy:
             out = Console()
             for i, r in enumerate(results):
-                out.print(_panel(r, _checks(r.text, spec), i))
+                out.print(_panel(r, poem_checks(r.text, spec.form), i))
         else:
             for r in results:
                 _print_line(r.text)
@@ -659,10 +657,11 @@ def eval_(
     novel: NovelOpt = False,
     best_of: BestOfOpt = 1,
     beam: BeamOpt = 0,
-    temperature: TemperatureOpt = 0.8,
-    top_k: TopKOpt = 0,
-    top_p: TopPOpt = 1.0,
+    temperature: TemperatureOpt = _S.temperature,
+    top_k: TopKOpt = _S.top_k,
+    top_p: TopPOpt = _S.top_p,
     seed: SeedOpt = None,
+    no_repeat: NoRepeatOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Report loss, bits per character, perplexity and accuracy on held-out text.
@@ -677,7 +676,7 @@ def eval_(
     _need_stdout("the figures")
     if poems is not None or generate_n:
         _judge(checkpoint, poems, generate_n, form, acrostic, rhyme, rhyme_first, tones, novel, best_of, beam,
-               temperature, top_k, top_p, seed, encoding, as_json)
+               temperature, top_k, top_p, seed, no_repeat, encoding, as_json)
         return
     try:
         ckpt = _load(checkpoint)
@@ -712,7 +711,7 @@ def eval_(
 
 
 def _judge(checkpoint, poems_file, generate_n, form, acrostic, rhyme, rhyme_first, tones, novel, best_of, beam,
-           temperature, top_k, top_p, seed, encoding, as_json) -> None:
+           temperature, top_k, top_p, seed, no_repeat, encoding, as_json) -> None:
     from charlm.data import read_corpus
     from charlm.judge import judge
     from charlm.sample import SampleSettings
@@ -732,7 +731,7 @@ def _judge(checkpoint, poems_file, generate_n, form, acrostic, rhyme, rhyme_firs
             settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p)
             spec = _poem_spec(ckpt.vocab, form, acrostic, rhyme, rhyme_first, tones, novel)
             parsed = spec.form
-            texts = [r.text for r in _sample(ckpt, "", generate_n, spec, settings, best_of, beam, seed)]
+            texts = [r.text for r in _sample(ckpt, "", generate_n, spec, settings, best_of, beam, seed, no_repeat)]
         else:
             if form:
                 from charlm.poetry import parse_form
@@ -743,9 +742,11 @@ def _judge(checkpoint, poems_file, generate_n, form, acrostic, rhyme, rhyme_firs
             if ckpt is not None:
                 texts = [ckpt.vocab.normalize(t) for t in texts]
         reports, summary = judge(texts, parsed, ckpt.lines if ckpt is not None else None)
+        corpus_rep = _corpus_repetition(ckpt)
         if as_json:
             print(_dumps({"checkpoint": str(ckpt.path) if ckpt else None,
-                          "poems": [r.__dict__ for r in reports], "summary": summary.to_dict()}))
+                          "poems": [r.__dict__ for r in reports], "summary": summary.to_dict(),
+                          "corpus_repetition": corpus_rep.__dict__ if corpus_rep else None}))
             return
     except CharLMError as e:
         _fail(str(e))
@@ -769,8 +770,29 @@ def _judge(checkpoint, poems_file, generate_n, form, acrostic, rhyme, rhyme_firs
     tot.add_row("tone-valid poems", pct(summary.tone_valid))
     tot.add_row("distinct-1 / distinct-2", f"{summary.distinct_1:.3f} / {summary.distinct_2:.3f}")
     tot.add_row("copy rate (lines)", pct(summary.copy_rate))
+    beside = (lambda v, f: f"{f(v)}  (corpus: {f(getattr(corpus_rep, k))})") if corpus_rep else (lambda v, f: f(v))  # noqa: E731
+    k = "repeated_bigram"
+    tot.add_row("poems repeating a bigram", beside(summary.repeated_bigram, pct))
+    k = "top_char_count"
+    tot.add_row("most frequent character, mean count", beside(summary.top_char_count, lambda v: f"{v:.2f}"))
+    k = "top_char_4"
+    tot.add_row("poems using a character 4+ times", beside(summary.top_char_4, pct))
     tot.add_row("longest copied span", _literal(summary.longest_copy or "–"))
     out.print(tot)
+
+
+def _corpus_repetition(ckpt):
+    """The repetition figures of the checkpoint's training corpus, when its file is still there."""
+    from charlm.data import read_corpus
+    from charlm.judge import repetition_of
+
+    path = (ckpt.corpus or {}).get("path") if ckpt is not None else None
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        return repetition_of([l for l in read_corpus(Path(path)).split("\n") if l.strip()])
+    except CharLMError:
+        return None
 
 
 # -- models ------------------------------------------------------------------------------------

@@ -232,3 +232,22 @@ def parse_unk_alpha(text: str) -> float | None:
     if not value >= 0 or value == float("inf"):
         raise CharLMError(f"--unk-alpha must be 'auto' or a number >= 0, not {text!r}")
     return value
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    temperature: float = 0.8
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    max_chars: int = 200  # ignored with a form, whose poems have a fixed length
+    no_repeat: bool = False  # no repeated bigram, at most constrain.MAX_REPEAT of one character
+
+    def __post_init__(self) -> None:
+        if not 0 < self.temperature < math.inf:  # also refuses NaN
+            raise CharLMError("--temperature must be a finite number greater than 0")
+        if self.top_k < 0:
+            raise CharLMError("--top-k must be 0 (off) or a positive number")
+        if not 0 < self.top_p <= 1:  # also refuses NaN
+            raise CharLMError("--top-p must be in (0, 1]")
+        if self.max_chars < 1:
+            raise CharLMError("--max-chars must be at least 1")

@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+from charlm.poetry import LINE_ENDS
 from charlm.vocab import is_han, to_simplified
 
 # Editorial notes: （一作「…」）, (…), 〖1〗 footnote marks. Removed innermost first.
@@ -34,7 +35,6 @@ _COMPOSED = re.compile(r"\{[^{}]*\}")
 # Editorial restorations, e.g. [爽]: keep the character, drop the brackets.
 _RESTORED = re.compile(r"\[([^\[\]]*)\]")
 _SPACE = re.compile(r"\s+")
-_CLAUSE_END = "，。？！；、："
 
 
 def clean_body(paragraphs: list[str]) -> str:
@@ -53,7 +53,7 @@ def clean_body(paragraphs: list[str]) -> str:
 
 def as_quatrain(body: str) -> str | None:
     """The poem re-punctuated ，。，。 if it is a 五言 or 七言 quatrain, else None."""
-    clauses = [c for c in re.split(f"[{_CLAUSE_END}]", body) if c]
+    clauses = [c for c in re.split(f"[{LINE_ENDS}]", body) if c]
     if len(clauses) != 4 or len({len(c) for c in clauses}) != 1 or len(clauses[0]) not in (5, 7):
         return None
     if not all(is_han(ch) for c in clauses for ch in c):

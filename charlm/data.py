@@ -100,14 +100,15 @@ def split_poems(text: str, valid_fraction: float, seed: int) -> tuple[list[str],
     return train, valid
 
 
-LINE_BREAKS = "，。？！；：、\n"
 
 
 def poem_lines(poems: list[str]) -> set[str]:
     """The distinct lines (clauses between punctuation marks) of some poems."""
     import re
 
-    split = re.compile(f"[{LINE_BREAKS}]")
+    from charlm.poetry import LINE_ENDS
+
+    split = re.compile(f"[{LINE_ENDS}\n]")
     return {part.strip() for p in poems for part in split.split(p) if part.strip()}
 
 

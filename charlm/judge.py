@@ -3,6 +3,8 @@ enforces), diversity, and how much is copied from the training text.
 
 - distinct-1 / distinct-2: distinct Han characters / character bigrams (within a line) over all
   the poems, divided by their total count — 1.0 means nothing repeats.
+- repetition: the share of poems in which a Han bigram (within a line) occurs twice, and the count
+  of each poem's most frequent character — beside the same figures for the training corpus.
 - copy rate: the share of generated lines (clauses between punctuation marks) that appear verbatim
   among the training text's lines; longest copied span: the longest run of characters of a poem's
   line found inside some training line.
@@ -29,6 +31,8 @@ class PoemReport:
     copied_lines: int
     lines: int
     longest_copy: str
+    repeated_bigram: bool  # a Han bigram occurs twice within the poem (poetry.repetition)
+    top_char_count: int  # uses of the poem's most frequent Han character
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,9 @@ class Summary:
     distinct_2: float
     copy_rate: float | None
     longest_copy: str
+    repeated_bigram: float  # share of poems with a repeated bigram
+    top_char_count: float  # mean over the poems of their most frequent character's count
+    top_char_4: float  # share of poems using one character four times or more
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,7 +76,8 @@ def judge(poems: list[str], form=None, train_lines: set[str] | None = None, tabl
         copied = sum(1 for l in ordered if train_lines and l in train_lines)
         longest = max((_longest_copy(l, corpus) for l in ordered), key=len, default="") if corpus else ""
         reports.append(PoemReport(text, c.form, c.form_valid, c.rhyme_valid, c.rhyme_group, c.tone_agreement,
-                                  c.tone_valid, c.pattern, copied, len(ordered), longest))
+                                  c.tone_valid, c.pattern, copied, len(ordered), longest,
+                                  *poetry.repetition(text)))
         if c.tone_agreement is not None:
             tone_scores.append(c.tone_agreement)
         for l in ordered:
@@ -88,5 +96,34 @@ def judge(poems: list[str], form=None, train_lines: set[str] | None = None, tabl
         distinct_2=len(set(bi)) / max(1, len(bi)),
         copy_rate=sum(r.copied_lines for r in reports) / max(1, total_lines) if train_lines else None,
         longest_copy=max((r.longest_copy for r in reports), key=len, default=""),
+        repeated_bigram=sum(r.repeated_bigram for r in reports) / n,
+        top_char_count=sum(r.top_char_count for r in reports) / n,
+        top_char_4=sum(r.top_char_count >= 4 for r in reports) / n,
     )
     return reports, summary
+
+
+def poem_checks(text: str, form=None) -> dict:
+    """The checks `charlm generate --json` prints beside each poem."""
+    c = poetry.check_poem(text, form)
+    repeated, top = poetry.repetition(text)
+    return {"form": c.form, "form_valid": c.form_valid, "rhyme_valid": c.rhyme_valid, "rhyme_group": c.rhyme_group,
+            "tone_agreement": c.tone_agreement, "tone_valid": c.tone_valid, "pattern": c.pattern,
+            "repeated_bigram": repeated, "top_char_count": top}
+
+
+@dataclass(frozen=True)
+class Repetition:
+    """The repetition figures of Summary for a set of poems (e.g. the training corpus)."""
+
+    poems: int
+    repeated_bigram: float
+    top_char_count: float
+    top_char_4: float
+
+
+def repetition_of(poems: list[str]) -> Repetition:
+    found = [poetry.repetition(p) for p in poems]
+    n = max(1, len(found))
+    return Repetition(len(found), sum(r for r, _ in found) / n, sum(t for _, t in found) / n,
+                      sum(t >= 4 for _, t in found) / n)

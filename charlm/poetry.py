@@ -40,8 +40,13 @@ from charlm.vocab import is_han, to_simplified
 
 LEVEL, OBLIQUE = "平", "仄"
 COMMA, FULL_STOP = "，", "。"
-# Marks that end a line; the ASCII ones also split, so that check_poem can flag them.
-LINE_MARKS = "，。？！；、：" + ",.?!;:"
+# The marks that end a line (a clause) of verse: what the decoder may close a line with, where
+# the corpus builder and the copy rate cut lines, and (with the ASCII ones, which also split so that
+# check_poem can flag them) where a poem is split for judging. The only definition in charlm.
+LINE_ENDS = "，。？！；、："
+LINE_MARKS = LINE_ENDS + ",.?!;:"
+# The quatrain corpus writes only ，。; a prompt's ？！；：、 are read as the mark at that place.
+_MARK_AS = {"？": FULL_STOP, "！": FULL_STOP, "；": FULL_STOP, "：": COMMA, "、": COMMA}
 
 # -- forms ------------------------------------------------------------------------------------
 
@@ -87,6 +92,17 @@ def end_mark(line_index: int) -> str:
 def format_poem(lines: Iterable[str]) -> str:
     """Join lines with the canonical punctuation: ``床前明月光，疑是地上霜。``."""
     return "".join(line + end_mark(i) for i, line in enumerate(lines))
+
+
+def lines_with_marks(text: str) -> list[str]:
+    """The lines of a poem, each with the mark that closes it: ``床前明月光，`` ``疑是地上霜。``."""
+    return re.findall(f"[^{re.escape(LINE_MARKS)}]+[{re.escape(LINE_MARKS)}]?", text) or [text]
+
+
+def known_marks(text: str, marks: str) -> str:
+    """``text`` with each line-ending mark outside ``marks`` (the ones a model's vocabulary holds)
+    replaced by the one the corpus builder would have written there: ？！； → 。, ：、 → ，."""
+    return "".join(_MARK_AS.get(c, c) if c not in marks and _MARK_AS.get(c, c) in marks else c for c in text)
 
 
 def split_lines(text: str) -> list[str]:
@@ -448,3 +464,14 @@ def check_poem(text: str, form: Form | None = None, table: RhymeTable | None = N
         tone_unknown=unknown if scored else None,
         tone_valid=(agreement == 1.0 and unknown == 0) if scored else None,
     )
+
+
+# -- repetition -------------------------------------------------------------------------------
+
+
+def repetition(text: str) -> tuple[bool, int]:
+    """(whether a Han bigram within a line occurs twice, the count of the poem's most frequent Han
+    character): ``不知何事事何如，何事人间不得知`` → (True, 3)."""
+    han = [c for c in text if is_han(c)]
+    bigrams = [a + b for line in split_lines(text) for a, b in zip(line, line[1:]) if is_han(a) and is_han(b)]
+    return len(bigrams) != len(set(bigrams)), max(Counter(han).values(), default=0)

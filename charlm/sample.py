@@ -4,39 +4,29 @@ The recurrent state (h, c) is carried from step to step, so a character costs on
 network however long the poem already is — the prompt is never re-read. ``sample_poems`` decodes
 a whole batch of poems together (``-n 16`` is one batch of 16 rows, not 16 loops), optionally
 within the constraints of charlm.constrain and with best-of-K reranking; ``beam_poems`` is beam
-search within a fixed form.
+search within a fixed form, with no repeated bigram, a cap on any one character, and diverse
+beam groups so that its ``n`` poems are not near copies of each other.
+
+Speed: the constraint state of all rows is tensors (charlm.constrain.Rows), so a step builds every
+row's mask without a Python loop over rows; decoding runs under ``torch.inference_mode`` with one
+thread for small batches (tiny ops lose more to thread hand-off than they gain);
+benchmarks/decode_speed.py measures it beside plain decoding of the same model.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from charlm.constrain import PoemConstraint, PoemSpec, Slot
+from charlm.config import SampleSettings
+from charlm.constrain import PoemConstraint, PoemSpec, Repeats
 from charlm.errors import CharLMError
 from charlm.model import CharLM
 from charlm.vocab import EOS, EOS_ID, UNK_ID, Vocab, escape_char, is_unprintable
-
-
-@dataclass(frozen=True)
-class SampleSettings:
-    temperature: float = 0.8
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    max_chars: int = 200
-
-    def __post_init__(self) -> None:
-        if not 0 < self.temperature < math.inf:  # also refuses NaN
-            raise CharLMError("--temperature must be a finite number greater than 0")
-        if self.top_k < 0:
-            raise CharLMError("--top-k must be 0 (off) or a positive number")
-        if not 0 < self.top_p <= 1:  # also refuses NaN
-            raise CharLMError("--top-p must be in (0, 1]")
-        if self.max_chars < 1:
-            raise CharLMError("--max-chars must be at least 1")
 
 
 def check_prompt(prompt: str) -> None:
@@ -63,8 +53,7 @@ def scale(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def filter_logits(logits: torch.Tensor, s: SampleSettings) -> torch.Tensor:
     """Temperature, then top-k, then top-p (nucleus) on a (V,) or (B, V) row of logits."""
-    logits = logits.double().clone()
-    logits[..., UNK_ID] = -float("inf")  # never write the unknown-character token (before scaling,
+    logits = logits.double().index_fill(-1, torch.tensor([UNK_ID]), -math.inf)  # never write the unknown-character token (before scaling,
     logits = scale(logits, s.temperature)  # so the best remaining character scores 0)
     if s.top_k and s.top_k < logits.size(-1):
         kth = torch.topk(logits, s.top_k, dim=-1).values[..., -1:]
@@ -92,12 +81,32 @@ class Result:
         return self.logprob / max(1, self.chars)
 
 
-# -- decoding ----------------------------------------------------------------------------------
+# -- decoding ---------------------------------------------------------------------------------
 
-def _check_finite(logits: torch.Tensor) -> None:
-    if not torch.isfinite(logits).all():
+def _check_finite(lse: torch.Tensor) -> None:
+    """``lse``: each row's log-sum-exp of the logits, finite unless a logit is NaN or +inf."""
+    if not bool(torch.isfinite(lse).all()):
         raise CharLMError("the model's scores are not finite numbers (NaN or infinity), so its weights are broken (e.g. a run that diverged); "
                           "use another checkpoint")
+
+
+SMALL_BATCH = 16  # rows up to which one thread decodes faster than several (benchmarks/decode_speed.py)
+
+
+@contextmanager
+def _decoding(model: CharLM, rows: int):
+    """Eval mode, inference mode and a thread count for ``rows``; the model's mode and torch's
+    thread count are restored afterwards (as evaluate.score does)."""
+    was_training, threads = model.training, torch.get_num_threads()
+    model.eval()
+    if rows <= SMALL_BATCH:
+        torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        model.train(was_training)
 
 
 def _step(model: CharLM, tokens: torch.Tensor, state):
@@ -114,7 +123,16 @@ def _prime(model: CharLM, vocab: Vocab, prompt: str, batch: int):
     return logits, state
 
 
-@torch.no_grad()
+def _texts(vocab: Vocab, prompt: str, toks: torch.Tensor) -> list[str]:
+    """Each row's characters up to its end of poem."""
+    chars = vocab.chars
+    out = []
+    for row in toks.tolist():
+        end = row.index(EOS_ID) if EOS_ID in row else len(row)
+        out.append(prompt + "".join(chars[t] for t in row[:end]))
+    return out
+
+
 def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: PoemSpec = PoemSpec(),
                  settings: SampleSettings = SampleSettings(), best_of: int = 1, table=None,
                  lines: set[str] | None = None, generator: torch.Generator | None = None,
@@ -125,108 +143,155 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
     if best_of < 1:
         raise CharLMError("--best-of must be at least 1")
     check_prompt(prompt)
-    model.eval()
     B = n * best_of
     con = PoemConstraint(vocab, spec, table, lines) if spec.constrained else None
+    rows = None
     if con is not None:
         starts = con.feed_prompt(prompt)
         pick = torch.randint(len(starts), (B,), generator=generator).tolist()
-        slots = [starts[i] for i in pick]
+        rows = con.rows([starts[i] for i in pick])
         max_steps = con.steps_needed() or settings.max_chars + 1
     else:
-        slots = [Slot() for _ in range(B)]
         max_steps = settings.max_chars
-    logits, state = _prime(model, vocab, prompt, B)
-    out = [[] for _ in range(B)]
+    rep = Repeats(vocab, vocab.encode(prompt), B, max_steps) if settings.no_repeat else None
+    toks = torch.full((B, max_steps), EOS_ID, dtype=torch.long)
     logp = torch.zeros(B, dtype=torch.float64)
     count = torch.zeros(B, dtype=torch.long)
     finished = torch.zeros(B, dtype=torch.bool)
-    for _ in range(max_steps):
-        _check_finite(logits)
-        raw = torch.log_softmax(logits.float(), -1)  # (B, V)
-        masked = logits.float().clone()
-        if con is not None:
-            allowed = torch.stack([con.mask(s) for s in slots])  # (B, V)
-            if not allowed.any(-1).all():
-                raise CharLMError("no character in this model's vocabulary can continue the poem under "
-                                  "these constraints; try fewer of them")
-            masked = masked.masked_fill(~allowed, -math.inf)
-        masked = filter_logits(masked, settings)
-        bad = torch.isinf(masked).all(-1)
-        if bad.any():  # top-k/top-p removed every allowed character: fall back to the allowed set
-            keep = logits.double().masked_fill(~allowed, -math.inf) if con is not None else logits.double().clone()
-            keep[:, UNK_ID] = -math.inf
-            masked[bad] = scale(keep, settings.temperature)[bad]
-        tok = torch.multinomial(torch.softmax(masked, -1), 1, generator=generator)[:, 0]
-        tok[finished] = EOS_ID
-        live = ~finished
-        logp[live] += raw[live, tok[live]].double()
-        count[live] += 1
-        for b in torch.nonzero(live)[:, 0].tolist():
-            t = int(tok[b])
-            if t == EOS_ID:
-                finished[b] = True
-            else:
-                out[b].append(vocab.chars[t])
-                if b == 0 and on_char is not None:
-                    on_char(vocab.chars[t])
+    with _decoding(model, B):
+        logits, state = _prime(model, vocab, prompt, B)
+        for i in range(max_steps):
+            logits = logits.float()  # (B, V)
+            lse = torch.logsumexp(logits, -1)  # for the model's own log-probability of each pick
+            _check_finite(lse)
+            allowed = None
             if con is not None:
-                slots[b] = con.advance(slots[b], t)
-        if finished.all():
-            break
-        logits, state = _step(model, tok, state)
-    if spec.acrostic and spec.form is None and not finished.all():  # a form's step count always suffices
+                allowed = con.masks(rows)  # (B, V)
+                if not bool(allowed.any(-1).all()):
+                    raise CharLMError("no character in this model's vocabulary can continue the poem under "
+                                      "these constraints; try fewer of them")
+            if rep is not None:
+                allowed = rep.restrict(allowed if allowed is not None else torch.ones_like(logits, dtype=torch.bool))
+            x = logits if allowed is None else logits.masked_fill(~allowed, -math.inf)
+            x = filter_logits(x, settings)  # float64, as the sampling distribution always was
+            bad = torch.isinf(x).all(-1)
+            if bool(bad.any()):  # top-k/top-p removed every allowed character: fall back to the allowed set
+                keep = logits.double() if allowed is None else logits.double().masked_fill(~allowed, -math.inf)
+                keep[:, UNK_ID] = -math.inf
+                x[bad] = scale(keep, settings.temperature)[bad]
+            tok = torch.multinomial(torch.softmax(x, -1), 1, generator=generator)[:, 0]
+            tok = tok.masked_fill(finished, EOS_ID)
+            live = ~finished
+            picked = (logits.gather(1, tok[:, None])[:, 0] - lse).double()
+            logp += torch.where(live, picked, 0.0)
+            count += live.long()
+            toks[:, i] = tok
+            if on_char is not None and not bool(finished[0]) and int(tok[0]) != EOS_ID:
+                on_char(vocab.chars[int(tok[0])])
+            finished |= tok == EOS_ID
+            if con is not None:
+                rows = con.advance_rows(rows, tok)
+            if rep is not None:
+                rep.feed(tok)
+            if bool(finished.all()):
+                break
+            logits, state = _step(model, tok, state)
+    if spec.acrostic and spec.form is None and not bool(finished.all()):  # a form's step count always suffices
         raise CharLMError(f"a poem did not reach the end of its acrostic within --max-chars {settings.max_chars}; "
                           "raise --max-chars")
-    results = [Result(prompt + "".join(o), float(logp[b]), int(count[b]), slots[b].pattern_name)
-               for b, o in enumerate(out)]
+    texts = _texts(vocab, prompt, toks)
+    results = [Result(t, float(logp[b]), int(count[b]), con.pattern_name(rows, b) if con is not None else None)
+               for b, t in enumerate(texts)]
     return [max(results[i * best_of : (i + 1) * best_of], key=lambda r: r.score) for i in range(n)]
 
 
-@torch.no_grad()
+DIVERSITY = 1.0  # nats taken off a beam group's candidate for each earlier group that chose its character
+
+
 def beam_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: PoemSpec, beam: int,
-               table=None, lines: set[str] | None = None) -> list[Result]:
+               table=None, lines: set[str] | None = None, no_repeat: bool = True,
+               groups: int | None = None) -> list[Result]:
     """Beam search of width ``beam`` within the constraints of a fixed form; the ``n`` best
-    distinct poems by mean log-probability per character."""
+    distinct poems by mean log-probability per character.
+
+    Scoring is the model's log-probability; what stops maximum-likelihood degeneration is
+    (``no_repeat``) no repeated bigram and at most constrain.MAX_REPEAT uses of a character, and
+    diverse beam search (Vijayakumar et al. 2018): the beam is split into ``groups`` (default: one
+    per poem asked for) of beam // groups rows, decoded in turn at each step, and a group's
+    candidates lose DIVERSITY nats for each earlier group that chose the same character at this
+    step. The penalty only steers the search; the scores returned are the model's own."""
     if spec.form is None:
         raise CharLMError("--beam needs --form: beam search is for poems of a fixed shape")
     if beam < n:
         raise CharLMError(f"--beam {beam} must be at least -n {n}")
     check_prompt(prompt)
-    model.eval()
     con = PoemConstraint(vocab, spec, table, lines)
-    starts = con.feed_prompt(prompt)[:beam]
-    slots = list(starts)
-    W = len(slots)
-    logits, state = _prime(model, vocab, prompt, W)
-    texts = ["" for _ in range(W)]
-    scores = torch.zeros(W, dtype=torch.float64)
+    starts = con.feed_prompt(prompt)
+    G = max(1, min(groups or n, beam))
+    w = beam // G
+    W = G * w
     steps = con.steps_needed()
-    for _ in range(steps):
-        _check_finite(logits)
-        raw = torch.log_softmax(logits.float(), -1).double()
-        allowed = torch.stack([con.mask(s) for s in slots])
-        cand = (scores[:, None] + raw).masked_fill(~allowed, -math.inf)  # (W, V)
-        k = min(beam, int(torch.isfinite(cand).sum()))
-        if k == 0:
-            raise CharLMError("no poem satisfies all the constraints with this model's vocabulary")
-        top = torch.topk(cand.flatten(), k)
-        rows = torch.div(top.indices, cand.size(1), rounding_mode="floor")
-        toks = top.indices % cand.size(1)
-        slots = [con.advance(slots[r], int(t)) for r, t in zip(rows.tolist(), toks.tolist())]
-        texts = [texts[r] + ("" if int(t) == EOS_ID else vocab.chars[int(t)])
-                 for r, t in zip(rows.tolist(), toks.tolist())]
-        scores = top.values
-        state = tuple(s[:, rows].contiguous() for s in state)
-        if all(s.done for s in slots):
-            break
-        logits, state = _step(model, toks, state)
+    V = len(vocab)
+    # each group starts from the prompt's starting states; copies beyond them start dead (-inf)
+    first = [starts[i % len(starts)] for i in range(w)]
+    rows = con.rows(first * G)
+    scores = torch.tensor([0.0 if i < len(starts) else -math.inf for i in range(w)] * G, dtype=torch.float64)
+    rep = Repeats(vocab, vocab.encode(prompt), W, steps) if no_repeat else None
+    toks = torch.full((W, steps), EOS_ID, dtype=torch.long)
+    with _decoding(model, W):
+        logits, state = _prime(model, vocab, prompt, W)
+        for step in range(steps):
+            logits = logits.float()
+            raw = torch.log_softmax(logits, -1)  # the one softmax of the step
+            _check_finite(torch.logsumexp(logits, -1))
+            allowed = con.masks(rows)
+            if rep is not None:
+                allowed = rep.restrict(allowed)
+            cand = (scores[:, None] + raw.double()).masked_fill(~allowed, -math.inf)  # (W, V)
+            chosen = torch.zeros(V, dtype=torch.float64)
+            pick_rows, pick_toks, pick_scores = [], [], []
+            for g in range(G):
+                c = cand[g * w : (g + 1) * w]
+                k = min(w, int(torch.isfinite(c).sum()))
+                if k == 0:  # this group has nothing left: keep dead rows
+                    pick_rows.append(torch.full((w,), g * w)), pick_toks.append(torch.full((w,), EOS_ID))
+                    pick_scores.append(torch.full((w,), -math.inf, dtype=torch.float64))
+                    continue
+                top = torch.topk((c - DIVERSITY * chosen).flatten(), k)
+                r, t = top.indices // V, top.indices % V
+                sc = c.flatten()[top.indices]
+                if k < w:
+                    pad = w - k
+                    r, t = torch.cat([r, r[:1].repeat(pad)]), torch.cat([t, t[:1].repeat(pad)])
+                    sc = torch.cat([sc, torch.full((pad,), -math.inf, dtype=torch.float64)])
+                chosen.index_add_(0, t[:k], con.han[t[:k]].double())
+                pick_rows.append(r + g * w), pick_toks.append(t), pick_scores.append(sc)
+            idx, tok, scores = torch.cat(pick_rows), torch.cat(pick_toks), torch.cat(pick_scores)
+            if not bool(torch.isfinite(scores).any()):
+                raise CharLMError("no poem satisfies all the constraints with this model's vocabulary")
+            rows = con.advance_rows(rows.take(idx), tok)
+            toks = toks[idx]
+            toks[:, step] = tok
+            if rep is not None:
+                rep.take(idx)
+                rep.feed(tok)
+            state = tuple(s[:, idx].contiguous() for s in state)
+            if bool(rows.done.all()):
+                break
+            logits, state = _step(model, tok, state)
+    texts = _texts(vocab, prompt, toks)
     results, seen = [], set()
     for i in torch.argsort(scores, descending=True).tolist():
-        if texts[i] not in seen:
+        if texts[i] not in seen and math.isfinite(float(scores[i])):
             seen.add(texts[i])
-            results.append(Result(prompt + texts[i], float(scores[i]), steps, slots[i].pattern_name))
-    return results[:n]
+            results.append(Result(texts[i], float(scores[i]), steps, con.pattern_name(rows, i)))
+    # one poem per group first (the best of each), then the rest by score
+    best_of_group = {}
+    for r_i in torch.argsort(scores, descending=True).tolist():
+        best_of_group.setdefault(r_i // w, r_i)
+    firsts = [texts[i] for i in best_of_group.values()]
+    results.sort(key=lambda r: (r.text not in firsts, -r.score))
+    return sorted(results[:n], key=lambda r: -r.score)
 
 
 def generate(model: CharLM, vocab: Vocab, prompt: str = "", *, settings: SampleSettings | None = None,
@@ -235,3 +300,39 @@ def generate(model: CharLM, vocab: Vocab, prompt: str = "", *, settings: SampleS
     end of the poem (a newline, not included) or ``max_chars`` new characters."""
     return sample_poems(model, vocab, prompt, 1, settings=settings or SampleSettings(),
                         generator=generator, on_char=on_char)[0].text
+
+
+def prepare_prompt(vocab: Vocab, prompt: str) -> str:
+    """The prompt as the model reads it: normalised (vocab.normalize), its ？！；：、 read as the marks
+    the model knows (poetry.known_marks), and checked (check_prompt)."""
+    from charlm.poetry import LINE_ENDS, known_marks
+
+    text = known_marks(vocab.normalize(prompt), "".join(c for c in LINE_ENDS if c in vocab))
+    check_prompt(text)
+    return text
+
+
+def write_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: PoemSpec = PoemSpec(),
+                settings: SampleSettings = SampleSettings(), best_of: int = 1, beam: int = 0,
+                no_repeat: bool | None = None, seed: int | None = None, lines: set[str] | None = None,
+                on_char: Callable[[str], None] | None = None,
+                on_warning: Callable[[str], None] | None = None) -> list[Result]:
+    """What `charlm generate` and `charlm eval --generate` run: the prompt normalised (its
+    ？！；：、 read as the marks the model knows, see poetry.known_marks), then beam search when
+    ``beam`` > 0, else sampling seeded with ``seed`` (a fresh seed when None). ``no_repeat`` None
+    means on for beam search and off for sampling. Unknown prompt characters go to ``on_warning``."""
+    from dataclasses import replace
+
+    text = prepare_prompt(vocab, prompt)
+    unknown = vocab.unknown(text)
+    if unknown and on_warning is not None:
+        on_warning(f"not in this model's vocabulary, read as unknown: {' '.join(unknown)}")
+    if beam:
+        return beam_poems(model, vocab, text, n, spec=spec, beam=beam, lines=lines,
+                          no_repeat=True if no_repeat is None else no_repeat)
+    if no_repeat is not None:
+        settings = replace(settings, no_repeat=no_repeat)
+    g = torch.Generator()
+    g.manual_seed(seed if seed is not None else torch.seed())
+    return sample_poems(model, vocab, text, n, spec=spec, settings=settings, best_of=best_of,
+                        lines=lines, generator=g, on_char=on_char)

@@ -31,12 +31,14 @@ def test_form_on_a_tiny_model_and_json_checks(trained):
 
 @pytest.mark.parametrize("args, message", [
     (["--form", "sonnet"], "五绝"),
-    (["--form", "五绝", "--prompt", "春眠不觉晓处"], "cannot fit 五绝"),
+    (["--form", "五绝", "--prompt", "春眠不觉晓处"], "a 五绝 line has 5 characters"),
     (["--form", "五绝", "--acrostic", "春山"], "has 4 lines"),
     (["--acrostic", "春\u9fff"], "\u9fff"),
     (["--rhyme"], "need --form"),
     (["--beam", "4"], "needs --form"),
     (["--novel", "--form", "五绝", "--checkpoint", "{plain}"], "training lines"),
+    (["--form", "五绝", "--max-chars", "20"], "--max-chars does not apply with --form"),
+    (["-n", "24", "--max-chars", "3", "--acrostic", "山天人月知江明"], "raise --max-chars"),
 ])
 def test_poem_option_errors(trained, tmp_path, args, message):
     plain = tmp_path / "plain"
@@ -103,3 +105,41 @@ def test_shipped_model_reproduces_its_card_on_its_own_split():
     m = json.loads(r.stdout)
     assert m["bpc"] == pytest.approx(card["valid_bpc"], abs=1e-3) and m["chars"] == card["valid_chars"]
     assert m["bpc"] <= 6.6 and m["unknown_chars"] == 56
+
+
+@shipped
+def test_errors_name_the_rule_that_fails():
+    r = run("generate", "--prompt", "长", "--form", "wujue", "--acrostic", "忆无梦无")
+    assert r.exit_code == 1 and "--acrostic 忆无梦无 starts line 1 with 忆" in r.stderr, r.stderr
+    r = run("generate", "--prompt", "白云青山", "--form", "五绝", "--tones")
+    assert r.exit_code == 1 and "--tones needs a" in r.stderr, r.stderr
+
+
+@shipped
+def test_prompt_marks_the_model_lacks_are_mapped():
+    r = run("generate", "--prompt", "春眠不觉晓！处处", "--seed", "1", "--max-chars", "10")
+    assert r.exit_code == 0 and "warning" not in r.stderr, r.stderr
+    assert r.stdout.startswith("春眠不觉晓。处处"), r.stdout
+
+
+@shipped
+def test_shipped_beam_poems_do_not_repeat_and_differ():
+    r = run("generate", "--form", "七绝", "--beam", "8", "-n", "4", "--rhyme", "--tones", "--json")
+    assert r.exit_code == 0, r.stderr
+    poems = json.loads(r.stdout)["poems"]
+    assert len({p["text"] for p in poems}) == 4
+    for p in poems:
+        assert not p["checks"]["repeated_bigram"] and p["checks"]["top_char_count"] <= 2, p["text"]
+        assert p["checks"]["form_valid"] and p["checks"]["rhyme_valid"], p["text"]
+
+
+def test_eval_reports_repetition(tmp_path):
+    poems = tmp_path / "p.txt"
+    poems.write_text("不知何事事何如，何事人间不得知。今日不知何处去，不知何处是何时。\n"
+                     "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。\n", encoding="utf-8")
+    r = run("eval", "--poems", poems, "--json")
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [p["repeated_bigram"] for p in out["poems"]] == [True, False]
+    assert [p["top_char_count"] for p in out["poems"]] == [6, 1]
+    assert out["summary"]["repeated_bigram"] == 0.5 and out["summary"]["top_char_4"] == 0.5

@@ -72,11 +72,11 @@ def test_prompt_counts_toward_the_first_line(model, vocab):
 
 
 @pytest.mark.parametrize("kwargs, prompt, message", [
-    (dict(form="五绝"), "白日依山尽黄", "cannot fit 五绝"),
-    (dict(form="五绝"), "白日,", "cannot fit"),
-    (dict(form="五绝", tones=True), "白云青山", "tonal pattern"),
+    (dict(form="五绝"), "白日依山尽黄", "a 五绝 line has 5 characters, so ， comes here"),
+    (dict(form="五绝"), "白日,", "holds 5 Chinese characters and no punctuation"),
+    (dict(form="五绝", tones=True), "白云青山", "--tones needs a .-tone character at position"),
     (dict(form="五绝", acrostic="春夏秋"), "", "has 4 lines"),
-    (dict(form="五绝", acrostic="春夏秋冬"), "白", "cannot fit"),
+    (dict(form="五绝", acrostic="春夏秋冬"), "白", "--acrostic 春夏秋冬 starts line 1 with 春"),
     (dict(acrostic="春\u9fff"), "", "not in this model's vocabulary"),
     (dict(rhyme=True), "", "need --form"),
     (dict(form="五绝", rhyme_first=True), "", "needs --rhyme"),
@@ -142,3 +142,49 @@ def test_batched_decoding_steps_one_character_at_a_time(model, vocab, monkeypatc
     _gen(model, vocab, n=16, prompt="白日", form="七律", rhyme=True, tones=True)
     assert lengths[0] == 3 and all(t == 1 for t in lengths[1:])  # the prompt once, then one step each
     assert all(b == 16 for b in batches[1:])  # one batch of 16 poems, not 16 loops
+
+
+def _repeats(text):
+    from charlm.poetry import repetition
+
+    return repetition(text)
+
+
+@pytest.mark.parametrize("form, n, beam", [("五绝", 3, 6), ("七绝", 4, 8), ("五律", 2, 4)])
+def test_beams_never_repeat_a_bigram_keep_the_cap_and_differ(model, vocab, form, n, beam):
+    from charlm.constrain import MAX_REPEAT
+
+    spec = PoemSpec(form=parse_form(form), rhyme=True, tones=True)
+    out = beam_poems(model, vocab, "", n, spec=spec, beam=beam)
+    assert len(out) == n and len({r.text for r in out}) == n
+    for r in out:
+        repeated, top = _repeats(r.text)
+        assert not repeated and top <= MAX_REPEAT, r.text
+        assert check_poem(r.text, parse_form(form)).form_valid
+
+
+def test_beam_search_without_no_repeat_repeats_on_a_random_model(model, vocab):
+    # the control: an untrained model's maximum-likelihood beams loop, which is what no_repeat stops
+    spec = PoemSpec(form=parse_form("七绝"))
+    out = beam_poems(model, vocab, "", 2, spec=spec, beam=4, no_repeat=False)
+    assert any(_repeats(r.text)[0] for r in out)
+
+
+def test_sampling_no_repeat_holds_on_every_row(model, vocab):
+    out = sample_poems(model, vocab, "", 8, spec=PoemSpec(form=parse_form("五绝")),
+                       settings=SampleSettings(temperature=0.3, no_repeat=True),
+                       generator=torch.Generator().manual_seed(0))
+    for r in out:
+        repeated, top = _repeats(r.text)
+        assert not repeated and top <= 2, r.text
+
+
+def test_decoders_restore_the_models_mode(model, vocab):
+    model.train()
+    try:
+        sample_poems(model, vocab, "", 2, generator=torch.Generator().manual_seed(0))
+        assert model.training
+        beam_poems(model, vocab, "", 2, spec=PoemSpec(form=parse_form("五绝")), beam=2)
+        assert model.training
+    finally:
+        model.eval()

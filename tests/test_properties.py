@@ -166,3 +166,44 @@ def test_acrostic_and_novelty_without_a_form(ckpt, data):
         assert r.text.endswith("。"), r.text
         if spec.novel:
             assert not set(lines) & ckpt.lines, r.text
+
+
+# -- batched masks equal the per-poem rules ----------------------------------------------------
+
+def _walk(con, rng, steps):
+    """Slots met along random allowed paths (per-poem rules), with the token taken from each."""
+    out = []
+    for s in con.start_slots():
+        for _ in range(steps):
+            allowed = torch.nonzero(con.mask(s))[:, 0].tolist()
+            t = allowed[rng.randrange(len(allowed))]
+            out.append((s, t))
+            s = con.advance(s, t)
+    return out
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(form=st.sampled_from([None, "五绝", "七绝", "五律", "七律"]), acrostic=st.booleans(), rhyme=st.booleans(),
+       rhyme_first=st.booleans(), tones=st.booleans(), novel=st.booleans(), seed=st.integers(0, 2**16))
+def test_tensor_masks_equal_the_per_poem_masks(ckpt, form, acrostic, rhyme, rhyme_first, tones, novel, seed):
+    import random
+
+    from charlm.constrain import PoemConstraint
+
+    f = parse_form(form) if form else None
+    han = _han(ckpt)
+    rng = random.Random(seed)
+    lines = {"".join(rng.choice(han) for _ in range(k)) for k in (4, 5, 6, 7) for _ in range(20)}
+    spec = PoemSpec(form=f, acrostic="".join(rng.choice(han) for _ in range(f.lines if f else 3)) if acrostic else "",
+                    rhyme=rhyme and f is not None, rhyme_first=rhyme_first and rhyme and f is not None,
+                    tones=tones and f is not None, novel=novel)
+    if not spec.constrained:
+        return
+    con = PoemConstraint(ckpt.vocab, spec, lines=lines)
+    walked = _walk(con, rng, 70)
+    slots = [s for s, _ in walked]
+    tokens = torch.tensor([t for _, t in walked])
+    rows = con.rows(slots)
+    assert torch.equal(con.masks(rows), torch.stack([con.mask(s) for s in slots]))
+    moved = con.advance_rows(con.rows(slots), tokens)
+    assert torch.equal(con.masks(moved), torch.stack([con.mask(con.advance(s, int(t))) for s, t in walked]))
