@@ -37,6 +37,7 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option(
     "--checkpoint", help="Checkpoint directory. Default: the newest under ./checkpoints/, else the shipped model.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 EncodingOpt = Annotated[str, typer.Option("--encoding", help="Text encoding of the corpus file, e.g. gbk.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help=f"Where the model runs: {DEVICE_HELP}.")]
 
 
 # -- showing user text -------------------------------------------------------------------------
@@ -91,11 +92,13 @@ def _dumps(data: dict) -> str:
     return "".join(_json_escape(c) if is_unprintable(c) else c for c in text)
 
 
-def _load(checkpoint_dir: Optional[Path]):
+def _load(checkpoint_dir: Optional[Path], device: str = "cpu"):
     from charlm import checkpoint
+    from charlm.devices import resolve_device
 
+    place = resolve_device(device)  # a bad --device is refused before anything is read
     path, why = checkpoint.find_default(checkpoint_dir)
-    ckpt = checkpoint.load(path)
+    ckpt = checkpoint.load(path, device=place)
     err.print(_literal(f"checkpoint: {path} ({why})", style="dim"), soft_wrap=True)
     return ckpt
 
@@ -395,6 +398,7 @@ def generate(
     best_of: BestOfOpt = 1,
     beam: BeamOpt = 0,
     no_repeat: NoRepeatOpt = None,
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Write poems that continue --prompt; each stops at the end of the poem or --max-chars.
@@ -425,7 +429,7 @@ def generate(
     try:
         settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p,
                                   max_chars=_S.max_chars if max_chars is None else max_chars)
-        ckpt = _load(checkpoint)
+        ckpt = _load(checkpoint, device)
         spec = _poem_spec(ckpt.vocab, form, acrostic, rhyme, rhyme_first, tones, novel)
         if spec.form is not None and max_chars is not None:
             raise CharLMError("--max-chars does not apply with --form, whose poems have a fixed length; give one of them")
@@ -592,6 +596,7 @@ def compose(
     save: Annotated[Optional[Path], typer.Option(help="Save the finished poem to this new file: JSON with --json, else text.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Let --save replace an existing file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print (and save) the finished poem as one JSON object.")] = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Write a poem line by line with the model: pick a candidate, ask for more, type your own line, or go back.
 
@@ -609,7 +614,7 @@ def compose(
     try:
         if save is not None:
             check_save_target(save, overwrite)
-        ckpt = _load(checkpoint)
+        ckpt = _load(checkpoint, device)
         composer = Composer(ckpt, ComposeSpec(form=form, title=title, acrostic=acrostic or "", rhyme=rhyme,
                                               rhyme_group=rhyme_group, rhyme_first=rhyme_first, tones=tones),
                             seed=seed)
@@ -662,6 +667,7 @@ def eval_(
     top_p: TopPOpt = _S.top_p,
     seed: SeedOpt = None,
     no_repeat: NoRepeatOpt = None,
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Report loss, bits per character, perplexity and accuracy on held-out text.
@@ -675,11 +681,11 @@ def eval_(
 
     _need_stdout("the figures")
     if poems is not None or generate_n:
-        _judge(checkpoint, poems, generate_n, form, acrostic, rhyme, rhyme_first, tones, novel, best_of, beam,
+        _judge(checkpoint, device, poems, generate_n, form, acrostic, rhyme, rhyme_first, tones, novel, best_of, beam,
                temperature, top_k, top_p, seed, no_repeat, encoding, as_json)
         return
     try:
-        ckpt = _load(checkpoint)
+        ckpt = _load(checkpoint, device)
         if corpus is None:
             text, warnings = validation_text(ckpt)
             source = f"validation split of {ckpt.corpus.get('path')}"
@@ -710,7 +716,7 @@ def eval_(
     Console().print(table)
 
 
-def _judge(checkpoint, poems_file, generate_n, form, acrostic, rhyme, rhyme_first, tones, novel, best_of, beam,
+def _judge(checkpoint, device, poems_file, generate_n, form, acrostic, rhyme, rhyme_first, tones, novel, best_of, beam,
            temperature, top_k, top_p, seed, no_repeat, encoding, as_json) -> None:
     from charlm.data import read_corpus
     from charlm.judge import judge
@@ -720,10 +726,10 @@ def _judge(checkpoint, poems_file, generate_n, form, acrostic, rhyme, rhyme_firs
         if poems_file is not None and generate_n:
             raise CharLMError("give either --poems FILE or --generate N, not both")
         if generate_n or checkpoint is not None:
-            ckpt = _load(checkpoint)
+            ckpt = _load(checkpoint, device)
         else:
             try:  # judging a file needs no model, only the training lines for the copy rate
-                ckpt = _load(None)
+                ckpt = _load(None, device)
             except CharLMError:
                 ckpt = None
         parsed = None

@@ -30,6 +30,7 @@ from charlm import poetry
 from charlm.config import COMPOSE_CANDIDATES, MAX_COMPOSE_CANDIDATES
 from charlm.constrain import PoemConstraint, PoemSpec
 from charlm.errors import CharLMError
+from charlm.model import model_device
 from charlm.sample import SampleSettings, sample_poems
 from charlm.vocab import EOS_ID, escape_char, is_han, is_unprintable
 
@@ -212,17 +213,18 @@ class Composer:
         was_training = self.model.training
         self.model.eval()
         try:
-            prefix = torch.tensor([[EOS_ID, *self.vocab.encode(self.poem)]])
+            device = model_device(self.model)
+            prefix = torch.tensor([[EOS_ID, *self.vocab.encode(self.poem)]], device=device)
             logits, state = self.model(prefix)
-            first = torch.log_softmax(logits[0, -1].float(), -1)  # (V,)
+            first = torch.log_softmax(logits[0, -1].float().cpu(), -1)  # (V,)
             mark = poetry.end_mark(self.line_index)
             scores = []
             for line in lines:
                 ids = torch.tensor([self.vocab.encode(line + mark)])  # (1, T)
-                out, _ = self.model(ids[:, :-1], state) if ids.size(1) > 1 else (None, None)
+                out, _ = self.model(ids[:, :-1].to(device), state) if ids.size(1) > 1 else (None, None)
                 logp = float(first[ids[0, 0]])
                 if out is not None:
-                    rest = torch.log_softmax(out[0].float(), -1)  # (T-1, V)
+                    rest = torch.log_softmax(out[0].float().cpu(), -1)  # (T-1, V)
                     logp += float(rest.gather(1, ids[0, 1:, None]).sum())
                 scores.append(logp / ids.size(1))
             return scores

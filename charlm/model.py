@@ -231,6 +231,11 @@ class CharLM(nn.Module):
         return tuple(state)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device a model's weights are on."""
+    return next(model.parameters()).device
+
+
 def detach_state(state: State) -> State:
     """Cut the graph at a window edge (truncated BPTT) while keeping the values."""
     return tuple(s.detach() for s in state)  # type: ignore[return-value]

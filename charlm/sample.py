@@ -25,7 +25,7 @@ import torch
 from charlm.config import SampleSettings
 from charlm.constrain import PoemConstraint, PoemSpec, Repeats
 from charlm.errors import CharLMError
-from charlm.model import CharLM
+from charlm.model import CharLM, model_device
 from charlm.vocab import EOS, EOS_ID, UNK_ID, Vocab, escape_char, is_unprintable
 
 
@@ -109,16 +109,19 @@ def _decoding(model: CharLM, rows: int):
         model.train(was_training)
 
 
+# The network runs where the model is (a GPU, say); its logits come back to the CPU, where the
+# constraints, the sampling and the bookkeeping run, so a seed gives the same poems on any device.
+
 def _step(model: CharLM, tokens: torch.Tensor, state):
-    logits, state = model(tokens[:, None], state)
-    return logits[:, -1], state
+    logits, state = model(tokens[:, None].to(model_device(model)), state)
+    return logits[:, -1].float().cpu(), state
 
 
 def _prime(model: CharLM, vocab: Vocab, prompt: str, batch: int):
     """Read the prompt once for one poem and copy the result to ``batch`` rows."""
-    ids = torch.tensor([[EOS_ID, *vocab.encode(prompt)]], dtype=torch.long)
+    ids = torch.tensor([[EOS_ID, *vocab.encode(prompt)]], dtype=torch.long, device=model_device(model))
     logits, state = model(ids)
-    logits = logits[:, -1].expand(batch, -1).contiguous()
+    logits = logits[:, -1].float().cpu().expand(batch, -1).contiguous()
     state = tuple(s.expand(-1, batch, -1).contiguous() for s in state)
     return logits, state
 

@@ -113,3 +113,25 @@ def test_cuda_training_resumes_and_its_checkpoint_loads_on_the_cpu(tmp_path, pre
     result = evaluate(ck.model, ck.vocab, "\n".join(POEMS[:4]) + "\n")
     assert result.bpc == pytest.approx(evaluate(checkpoint.load(tmp_path / "a", device="cuda").model, ck.vocab,
                                                 "\n".join(POEMS[:4]) + "\n").bpc, rel=1e-4)
+
+
+@pytest.mark.parametrize("command", [["generate", "--seed", "1", "--max-chars", "8"], ["eval", "--json"],
+                                     ["compose", "--form", "五绝"]])
+def test_generate_eval_and_compose_take_a_device(trained, command):
+    r = CliRunner().invoke(app, [*command, "--checkpoint", str(trained), "--device", "tpu"], input="q\n")
+    assert r.exit_code == 1 and "error: --device must be" in r.stderr, r.stderr
+    if command[0] != "compose":
+        r = CliRunner().invoke(app, [*command, "--checkpoint", str(trained), "--device", "cpu"])
+        assert r.exit_code == 0, r.stderr
+    if not torch.cuda.is_available():
+        r = CliRunner().invoke(app, [*command, "--checkpoint", str(trained), "--device", "cuda"], input="q\n")
+        assert r.exit_code == 1 and "needs a CUDA GPU" in r.stderr, r.stderr
+
+
+@cuda
+def test_the_same_seed_writes_the_same_poems_on_the_gpu(trained):
+    """Constraints and sampling run on the CPU whatever the device, so only float rounding could differ."""
+    args = ["generate", "--checkpoint", str(trained), "-n", "4", "--seed", "3", "--form", "五绝", "--rhyme"]
+    cpu = CliRunner().invoke(app, [*args, "--device", "cpu"])
+    gpu = CliRunner().invoke(app, [*args, "--device", "cuda"])
+    assert cpu.exit_code == gpu.exit_code == 0 and cpu.stdout == gpu.stdout
