@@ -18,6 +18,8 @@ to the moment the first record of DIR/metrics.jsonl (written after step 1) appea
 killed (SIGKILL) once the first record appears, so its peak covers reading, encoding, building
 the model and the first step; with --whole it runs to its end (30 steps, then the old code scores
 the whole validation split, the new code a 100,000-character subset and then the whole split).
+The command's CPU time (user + system) is printed too: on a shared machine it varies less than
+the wall time.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def measure(code: Path, corpus: Path, out: Path, cache: Path, whole: bool, steps
     err = proc.stderr.read()
     wall = time.perf_counter() - t0
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
-    return {"first_step_s": first, "wall_s": wall, "peak_rss_mb": int(rss.group(1)) / 1024 if rss else None,
+    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", err))
+    return {"first_step_s": first, "wall_s": wall, "peak_rss_mb": int(rss.group(1)) / 1024 if rss else None, "cpu_s": cpu,
             "tail": err.strip().splitlines()[-25:] if first is None else []}
 
 
@@ -111,7 +114,8 @@ def main() -> None:
         r = measure(code, corpus, args.work / "run", cache, args.whole, args.steps)
         first = f"{r['first_step_s']:.1f} s" if r["first_step_s"] is not None else "never"
         print(f"{label:32s} first step after {first:>8s}   peak RSS {r['peak_rss_mb']:7.0f} MB   "
-              f"command {r['wall_s']:.0f} s" + ("" if args.whole else " (killed after the first step)"), flush=True)
+              f"command {r['wall_s']:.0f} s, {r['cpu_s']:.0f} s of CPU"
+              + ("" if args.whole else " (killed after the first step)"), flush=True)
         for line in r["tail"]:
             print("    " + line)
 

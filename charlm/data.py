@@ -227,12 +227,17 @@ def epoch_stream(tokens: np.ndarray, offsets: np.ndarray, eos_id: int, epoch: in
     probability unk_p[i], drawn afresh per epoch from (seed, epoch).
     """
     order = np.random.default_rng([seed, epoch]).permutation(len(offsets) - 1)
+    starts, lengths = offsets[:-1][order], np.diff(offsets)[order]
     stream = np.empty(int(offsets[-1]) + 1, dtype=tokens.dtype)  # ids in the corpus's compact dtype
     stream[0] = eos_id
     at = 1
-    for a, b in zip(offsets[:-1][order].tolist(), offsets[1:][order].tolist()):
-        stream[at : at + b - a] = tokens[a:b]
-        at += b - a
+    for g in range(0, order.size, _GROUP):  # gather a group of poems at a time: index memory stays small
+        s, n = starts[g : g + _GROUP], lengths[g : g + _GROUP]
+        total = int(n.sum())
+        # position k of the group's output reads tokens[s[j] + (k - where poem j begins in the output)]
+        index = np.repeat(s - (np.cumsum(n) - n), n) + np.arange(total)
+        stream[at : at + total] = tokens[index]
+        at += total
     if unk_p is not None and unk_p.any():
         rng = np.random.default_rng([seed, epoch, 1])  # drawn in blocks: the same draws as all at once
         for s in range(0, stream.size, _UNK_BLOCK):
@@ -243,3 +248,4 @@ def epoch_stream(tokens: np.ndarray, offsets: np.ndarray, eos_id: int, epoch: in
 
 
 _UNK_BLOCK = 2**22
+_GROUP = 2**15  # poems gathered at once

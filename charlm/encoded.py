@@ -340,19 +340,17 @@ def _vocab(blocks: Iterable[np.ndarray], min_count: int, script: str) -> Vocab:
 
 
 class _Lookup:
-    """Code points → vocabulary ids (UNK_ID for characters outside it)."""
+    """Code points → vocabulary ids (UNK_ID for characters outside it), by a table indexed by
+    code point."""
 
     def __init__(self, vocab: Vocab) -> None:
-        pairs = sorted((ord(c), i) for i, c in enumerate(vocab.chars) if i != UNK_ID)
-        self.keys = np.array([k for k, _ in pairs], dtype=np.int64)
-        self.ids = np.array([i for _, i in pairs], dtype=np.int64)
+        self.table = np.full(0x110000, UNK_ID, dtype=np.int32)  # 4.4 MB: every code point
+        for i, c in enumerate(vocab.chars):
+            if i != UNK_ID:
+                self.table[ord(c)] = i
 
     def __call__(self, cps: np.ndarray) -> np.ndarray:
-        cps = cps.astype(np.int64)
-        if self.keys.size == 0:
-            return np.full(cps.size, UNK_ID, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self.keys, cps), self.keys.size - 1)
-        return np.where(self.keys[at] == cps, self.ids[at], UNK_ID)
+        return self.table[cps]
 
 
 # -- reading a split --------------------------------------------------------------------------------
