@@ -38,6 +38,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# --prepare: the data preparation alone, in a process of its own, CPU seconds and peak RSS
+_PREPARE = """
+import resource, sys, time
+from pathlib import Path
+import torch
+from charlm.config import Config, ModelConfig, TrainConfig
+from charlm.train import prepare
+cfg, path = Config(ModelConfig(), TrainConfig(max_steps=30)), sys.argv[1]
+c, w = time.process_time(), time.perf_counter()
+if sys.argv[2] == "old":
+    from charlm.checkpoint import render_lines
+    from charlm.data import read_corpus
+    render_lines(prepare(read_corpus(path), cfg, path).lines)  # what the old Run did before step 1
+else:
+    from charlm.encoded import Source
+    prepare(Source(Path(path)), cfg, path)
+print(f"prepare: {time.process_time() - c:5.1f} s of CPU, {time.perf_counter() - w:5.1f} s wall, "
+      f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:5.0f} MB (torch imported)")
+"""
+
 
 def build_corpus(tarball: Path, work: Path, repeat: int) -> Path:
     built = work / "corpora" / "all.txt"
@@ -100,6 +120,7 @@ def main() -> None:
     ap.add_argument("--baseline-rev", default="1db09cf", help="the code to compare with ('' for none)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--whole", action="store_true", help="let each command run to its end")
+    ap.add_argument("--prepare", action="store_true", help="time the data preparation alone, in-process")
     args = ap.parse_args()
     corpus = build_corpus(args.tarball, args.work, args.repeat)
     print(f"corpus {corpus} ({corpus.stat().st_size / 2**20:.0f} MiB), {os.cpu_count()} CPUs", flush=True)
@@ -108,6 +129,15 @@ def main() -> None:
         runs.append((f"before the cache ({args.baseline_rev})", baseline_code(args.baseline_rev, args.work), "none"))
     runs += [("this tree, cold cache", ROOT, "cold"), ("this tree, warm cache", ROOT, "warm")]
     cache = args.work / "cache"
+    if args.prepare:
+        for label, code, kind in runs:
+            if kind == "cold":
+                shutil.rmtree(cache, ignore_errors=True)
+            env = {**os.environ, "PYTHONPATH": str(code), "CHARLM_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+            out = subprocess.run([sys.executable, "-c", _PREPARE, str(corpus), "old" if kind == "none" else "new"],
+                                 env=env, capture_output=True, text=True)
+            print(f"{label:32s} {out.stdout.strip() or out.stderr.strip()[-500:]}", flush=True)
+        return
     for label, code, kind in runs:
         if kind == "cold":
             shutil.rmtree(cache, ignore_errors=True)

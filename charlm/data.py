@@ -133,14 +133,6 @@ def split_poems(text: str, valid_fraction: float, seed: int) -> tuple[list[str],
 LINE_BREAKS = "，。？！；：、\n"
 
 
-def poem_lines(poems: list[str]) -> set[str]:
-    """The distinct lines (clauses between punctuation marks) of some poems."""
-    import re
-
-    split = re.compile(f"[{LINE_BREAKS}]")
-    return {part.strip() for p in poems for part in split.split(p) if part.strip()}
-
-
 def join_poems(poems: list[str]) -> str:
     """Poems as one stream; each poem is preceded by the newline that marks a poem start."""
     return "".join("\n" + p for p in poems) + "\n"
