@@ -159,7 +159,7 @@ class _Display:
             sample = f"(no sample: {failure})"
         finally:
             model.train(was_training)
-        line = Text(f"step {e.step}: validation bpc ")
+        line = Text(f"step {e.step}: validation bpc ({e.valid_chars:,}-character subset) ")
         line.append(f"{e.valid_bpc:.3f}", style="bold")
         if e.improved:
             line.append(" best", style="green")
@@ -221,6 +221,7 @@ def train(
     valid_fraction: Annotated[float, typer.Option(help="Share of poems held out for validation.")] = _T.valid_fraction,
     min_count: Annotated[int, typer.Option(help="Characters seen fewer times become <unk>.", min=1)] = _T.min_count,
     eval_interval: Annotated[int, typer.Option(help="Validate (and save the resume state) every this many steps.", min=1)] = _T.eval_interval,
+    valid_chars: Annotated[int, typer.Option(help="Validate periodically on a fixed subset of the validation poems of about this many characters (the end of training scores the whole split).", min=1)] = _T.valid_chars,
     save_every: Annotated[float, typer.Option(help="Also save the resume state at least this often, in minutes.")] = _T.save_every,
     unk_alpha: Annotated[str, typer.Option(help="Teach the model unseen characters: a character seen c times is read as <unk> with probability F/(F+c). auto matches the Good-Turing estimate of unseen characters; 0 = off.")] = "auto",
     ema: Annotated[float, typer.Option(help="Also keep an exponential moving average of the weights with this decay, e.g. 0.998 (0 = off); saved when it validates better.")] = _T.ema,
@@ -237,7 +238,7 @@ def train(
     The resume state is saved at every validation and every --save-every minutes: after a crash,
     a kill or Ctrl-C, `charlm train CORPUS --out DIR --resume` continues where it was saved.
     """
-    from charlm.data import read_corpus
+    from charlm.encoded import Source
     from charlm.train import MultiCallbacks, train_corpus
 
     board = None
@@ -252,8 +253,8 @@ def train(
                 seq_len=seq_len, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip=clip,
                 warmup_steps=warmup, max_steps=max_steps, epochs=epochs, seed=seed,
                 max_time=parse_duration(max_time) if max_time else None, valid_fraction=valid_fraction,
-                min_count=min_count, eval_interval=eval_interval, save_every=save_every, precision=precision,
-                device=device,
+                min_count=min_count, eval_interval=eval_interval, valid_chars=valid_chars, save_every=save_every,
+                precision=precision, device=device,
                 encoding=encoding, ema=ema, unk_alpha=parse_unk_alpha(unk_alpha),
             ),
         )
@@ -265,14 +266,13 @@ def train(
             import torch
 
             torch.set_num_threads(threads)
-        text = read_corpus(corpus, encoding)
         out_dir = out or Path("checkpoints") / corpus.stem
         columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=12), TaskProgressColumn(),
                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
                    TimeRemainingColumn(compact=True)]
         display = _Display(Progress(*columns, console=err, transient=False), seed)
         try:
-            result = train_corpus(text, config, out_dir, corpus_path=str(corpus),
+            result = train_corpus(Source(corpus, encoding), config, out_dir, corpus_path=str(corpus),
                                   callbacks=MultiCallbacks(display, board) if board else display, resume=resume,
                                   overwrite=overwrite, changed=_given_options(ctx) if resume else None)
         finally:
@@ -293,7 +293,10 @@ def train(
     table.add_row("steps", f"{result.steps:,} ({result.epochs_done:.2f} epochs)")
     table.add_row("time", f"{result.elapsed:.0f} s")
     table.add_row("last training bpc", f"{result.last_train_bpc:.3f}")
-    table.add_row("best validation bpc", f"{result.best_valid_bpc:.3f}")
+    table.add_row(f"best validation bpc ({result.subset_chars:,}-character subset)", f"{result.best_valid_bpc:.3f}")
+    if result.full_valid_bpc is not None:
+        table.add_row(f"validation bpc of the best (full split, {result.full_valid_chars:,} characters)",
+                      f"{result.full_valid_bpc:.3f}")
     if result.skipped:
         table.add_row("updates skipped (not finite)", f"{result.skipped:,}")
     _report(table)

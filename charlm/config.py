@@ -94,6 +94,9 @@ class TrainConfig:
     valid_fraction: float = 0.05
     min_count: int = 1
     eval_interval: int = 500
+    # Periodic validation scores a fixed, seeded subset of the validation poems of about this many
+    # characters (the whole split when it is smaller); the end of training scores the whole split.
+    valid_chars: int = 100_000
     save_every: float = 10.0  # minutes between resume saves (besides every validation)
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off)
     # Replace a character seen c times by <unk> with probability unk_alpha / (unk_alpha + c), so
@@ -118,6 +121,7 @@ class TrainConfig:
         _check(0.0 < self.valid_fraction < 0.5, "--valid-fraction must be in (0, 0.5)")
         _check(self.min_count >= 1, "--min-count must be at least 1")
         _check(self.eval_interval >= 1, "--eval-interval must be at least 1")
+        _check(self.valid_chars >= 1, "--valid-chars must be at least 1")
         _check(0 < self.save_every <= 1e6, "--save-every must be a positive number of minutes")
         _check(0 <= self.seed <= SEED_MAX, f"--seed must be between 0 and {SEED_MAX}")
         _check(self.lr < float("inf"), "--lr must be finite")

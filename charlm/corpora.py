@@ -10,6 +10,12 @@ characters with OpenCC and writes UTF-8 text, one poem per line:
 - ``tang.txt``: every Tang poem (identical bodies kept once);
 - ``tang-quatrains.txt``: 五言/七言绝句 — 4 lines of 5 or 7 Han characters, punctuated ，。，。;
 - ``tangshi300.txt``: 唐诗三百首.
+
+With ``--all`` it also reads ``dist/quantangshi/poet.song.*.json`` (全宋诗) and writes two large
+corpora that are not committed (tens of MB; ``.gitignore`` lists them):
+
+- ``song.txt``: every Song poem (identical bodies kept once);
+- ``all.txt``: Tang and Song — ``tang.txt``, then the Song poems not already in it.
 """
 
 from __future__ import annotations
@@ -64,9 +70,10 @@ def as_quatrain(body: str) -> str | None:
     return f"{clauses[0]}，{clauses[1]}。{clauses[2]}，{clauses[3]}。"
 
 
-def _open_source(source: Path) -> Iterator[tuple[str, bytes]]:
+def _open_source(source: Path, song: bool = False) -> Iterator[tuple[str, bytes]]:
     """(relative path under package/, bytes) for the JSON files we need, from a .tgz or a folder."""
-    wanted = re.compile(r"dist/(quantangshi/poet\.tang\.\d+\.json|mengxue/tangshisanbaishou\.json)$")
+    dynasties = "tang|song" if song else "tang"
+    wanted = re.compile(rf"dist/(quantangshi/poet\.({dynasties})\.\d+\.json|mengxue/tangshisanbaishou\.json)$")
     if source.is_dir():
         root = source / "package" if (source / "package").is_dir() else source
         for p in sorted(root.rglob("*.json")):
@@ -81,20 +88,16 @@ def _open_source(source: Path) -> Iterator[tuple[str, bytes]]:
                     yield rel, tar.extractfile(m).read()
 
 
-def _tang_order(rel: str) -> int:
-    m = re.search(r"poet\.tang\.(\d+)\.json$", rel)
+def _file_order(rel: str) -> int:
+    m = re.search(r"poet\.\w+\.(\d+)\.json$", rel)
     return int(m.group(1)) if m else -1
 
 
-def build(source: Path) -> dict[str, list[str]]:
-    """The three corpora as lists of poems (simplified, one line each)."""
-    files = dict(_open_source(source))
-    tang_files = sorted((r for r in files if "quantangshi" in r), key=_tang_order)
-    if not tang_files or not any("tangshisanbaishou" in r for r in files):
-        raise SystemExit(f"{source} does not look like the chinese-poetry 2.0.1 package")
-    tang: list[str] = []
-    seen: set[str] = set()
-    for rel in tang_files:
+def _bodies(files: dict[str, bytes], names: list[str], seen: set[str]) -> list[str]:
+    """The cleaned, simplified bodies of the poems in ``names``, skipping any already in ``seen``
+    (which grows)."""
+    poems: list[str] = []
+    for rel in names:
         for poem in json.loads(files[rel]):
             body = clean_body(poem.get("paragraphs") or [])
             if not body:
@@ -102,7 +105,19 @@ def build(source: Path) -> dict[str, list[str]]:
             body = to_simplified(body)
             if body not in seen:
                 seen.add(body)
-                tang.append(body)
+                poems.append(body)
+    return poems
+
+
+def build(source: Path, song: bool = False) -> dict[str, list[str]]:
+    """The three shipped corpora as lists of poems (simplified, one line each); with ``song``, also
+    ``song.txt`` and ``all.txt`` (Tang, then the Song poems not already among them)."""
+    files = dict(_open_source(source, song))
+    tang_files = sorted((r for r in files if "poet.tang." in r), key=_file_order)
+    if not tang_files or not any("tangshisanbaishou" in r for r in files):
+        raise SystemExit(f"{source} does not look like the chinese-poetry 2.0.1 package")
+    seen: set[str] = set()
+    tang = _bodies(files, tang_files, seen)
     quatrains: list[str] = []
     seen_q: set[str] = set()
     for body in tang:
@@ -117,7 +132,15 @@ def build(source: Path) -> dict[str, list[str]]:
             body = clean_body(poem.get("paragraphs") or [])
             if body:
                 tangshi300.append(to_simplified(body))
-    return {"tang.txt": tang, "tang-quatrains.txt": quatrains, "tangshi300.txt": tangshi300}
+    corpora = {"tang.txt": tang, "tang-quatrains.txt": quatrains, "tangshi300.txt": tangshi300}
+    if song:
+        song_files = sorted((r for r in files if "poet.song." in r), key=_file_order)
+        if not song_files:
+            raise SystemExit(f"{source} holds no Song poems (dist/quantangshi/poet.song.*.json)")
+        song_poems = _bodies(files, song_files, set())
+        corpora["song.txt"] = song_poems
+        corpora["all.txt"] = tang + [body for body in song_poems if body not in seen]
+    return corpora
 
 
 def stats(poems: list[str]) -> dict[str, int]:
@@ -134,8 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m charlm.corpora", description=__doc__.split("\n")[0])
     ap.add_argument("source", type=Path, help="chinese-poetry-2.0.1.tgz from `npm pack`, or its unpacked folder")
     ap.add_argument("--out", type=Path, default=Path("corpora"))
+    ap.add_argument("--all", action="store_true",
+                    help="also write song.txt (全宋诗) and all.txt (Tang and Song), tens of MB, not committed")
     args = ap.parse_args(argv)
-    corpora = build(args.source)
+    corpora = build(args.source, song=args.all)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, poems in corpora.items():
         with io.open(args.out / name, "w", encoding="utf-8", newline="\n") as f:

@@ -23,6 +23,7 @@ import codecs
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -39,9 +40,14 @@ _BOMS = (
 )
 
 
-def read_corpus(path: str | Path, encoding: str = "utf-8", what: str = "corpus") -> str:
-    """The file's text, decoded strictly. Errors are sentences a user can act on; ``what`` names
-    the file in them (e.g. "poems file")."""
+BLOCK_BYTES = 8 * 2**20  # how much of a corpus file is read and decoded at a time
+
+
+def iter_text(path: str | Path, encoding: str = "utf-8", what: str = "corpus",
+              block: int = BLOCK_BYTES) -> Iterator[str]:
+    """The file's text, decoded strictly, in pieces that end at a newline (but the last), so a
+    large corpus never sits in memory whole. Errors are sentences a user can act on; ``what``
+    names the file in them (e.g. "poems file"). An empty file is refused after its last piece."""
     p = Path(path)
     if not p.exists():
         raise CharLMError(f"{what} {str(p)!r} does not exist")
@@ -51,30 +57,54 @@ def read_corpus(path: str | Path, encoding: str = "utf-8", what: str = "corpus")
         codec = codecs.lookup(encoding).name
     except LookupError:
         raise CharLMError(f"unknown encoding {encoding!r}") from None
+    wide = codec.startswith(("utf-16", "utf-32"))  # these legitimately hold NUL bytes
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    pending, offset, first, blank = "", 0, True, True
     try:
-        raw = p.read_bytes()
+        f = p.open("rb")
     except OSError as e:
         raise CharLMError(f"cannot read {what} {str(p)!r}: {e.strerror or e}") from None
-    wide = codec.startswith(("utf-16", "utf-32"))  # these legitimately hold NUL bytes
-    if not wide:
-        for bom, name, option in _BOMS:
-            if raw.startswith(bom):
-                raise CharLMError(f"{what} {str(p)!r} is {name} text (it starts with a {name} byte-order mark); "
-                                  f"convert it to UTF-8 or pass --encoding {option}")
-        if b"\0" in raw:
-            raise CharLMError(f"{what} {str(p)!r} holds NUL bytes (the first at offset {raw.index(0)}), so it is "
-                              f"a binary file or UTF-16/UTF-32 text without a byte-order mark, not {encoding} text")
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as e:
-        hint = " (try --encoding gbk for GBK/GB2312 files)" if codec == "utf-8" else ""
-        raise CharLMError(
-            f"{what} {str(p)!r} is not valid {encoding} text: bad byte at offset {e.start}{hint}"
-        ) from None
-    text = text.removeprefix("\ufeff")
-    if not text.strip():
+    with f:
+        while True:
+            try:
+                raw = f.read(block)
+            except OSError as e:
+                raise CharLMError(f"cannot read {what} {str(p)!r}: {e.strerror or e}") from None
+            if first and not wide:
+                for bom, name, option in _BOMS:
+                    if raw.startswith(bom):
+                        raise CharLMError(f"{what} {str(p)!r} is {name} text (it starts with a {name} byte-order "
+                                          f"mark); convert it to UTF-8 or pass --encoding {option}")
+            if not wide and b"\0" in raw:
+                raise CharLMError(f"{what} {str(p)!r} holds NUL bytes (the first at offset {offset + raw.index(0)}), "
+                                  f"so it is a binary file or UTF-16/UTF-32 text without a byte-order mark, "
+                                  f"not {encoding} text")
+            held = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                hint = " (try --encoding gbk for GBK/GB2312 files)" if codec == "utf-8" else ""
+                raise CharLMError(f"{what} {str(p)!r} is not valid {encoding} text: bad byte at offset "
+                                  f"{offset - held + e.start}{hint}") from None
+            offset += len(raw)
+            if first:
+                text, first = text.removeprefix("\ufeff"), False
+            text, cut = pending + text, None
+            if raw:
+                cut = text.rfind("\n") + 1
+                text, pending = text[:cut], text[cut:]
+            blank = blank and not text.strip()
+            if text:
+                yield text
+            if not raw:
+                break
+    if blank:
         raise CharLMError(f"{what} {str(p)!r} is empty")
-    return text
+
+
+def read_corpus(path: str | Path, encoding: str = "utf-8", what: str = "corpus") -> str:
+    """The whole file's text, decoded strictly (see iter_text)."""
+    return "".join(iter_text(path, encoding, what))
 
 
 def sha256_text(text: str) -> str:
@@ -102,16 +132,6 @@ def split_poems(text: str, valid_fraction: float, seed: int) -> tuple[list[str],
 
 
 
-def poem_lines(poems: list[str]) -> set[str]:
-    """The distinct lines (clauses between punctuation marks) of some poems."""
-    import re
-
-    from charlm.poetry import LINE_ENDS
-
-    split = re.compile(f"[{LINE_ENDS}\n]")
-    return {part.strip() for p in poems for part in split.split(p) if part.strip()}
-
-
 def join_poems(poems: list[str]) -> str:
     """Poems as one stream; each poem is preceded by the newline that marks a poem start."""
     return "".join("\n" + p for p in poems) + "\n"
@@ -131,8 +151,8 @@ def num_windows(rows: torch.Tensor, seq_len: int) -> int:
 def get_window(rows: torch.Tensor, i: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Window i: x = rows[:, s:s+T], y = rows[:, s+1:s+T+1] — the same characters shifted by one."""
     s = i * seq_len
-    x = rows[:, s : s + seq_len]  # (B, T)
-    y = rows[:, s + 1 : s + seq_len + 1]  # (B, T)
+    x = rows[:, s : s + seq_len].long()  # (B, T)
+    y = rows[:, s + 1 : s + seq_len + 1].long()  # (B, T)
     return x, y
 
 
@@ -140,7 +160,7 @@ def get_window(rows: torch.Tensor, i: int, seq_len: int) -> tuple[torch.Tensor, 
 class EpochData:
     """The training stream of one epoch, already batchified."""
 
-    rows: torch.Tensor  # (B, n) int64
+    rows: torch.Tensor  # (B, n) uint16 or uint32 (the corpus's compact ids); get_window widens a window to int64
     windows: int
 
 
@@ -187,25 +207,36 @@ def good_turing_alpha(counts: list[int], keep: tuple[int, ...]) -> float:
     return (lo + hi) / 2
 
 
-def epoch_stream(train_ids: list[list[int]], eos_id: int, epoch: int, seed: int,
+def epoch_stream(tokens: np.ndarray, offsets: np.ndarray, eos_id: int, epoch: int, seed: int,
                  batch_size: int, seq_len: int, unk_p: np.ndarray | None = None,
                  unk_id: int = 0) -> EpochData:
     """The poems in an order fixed by (seed, epoch), joined and laid out in rows.
 
+    Poem i is tokens[offsets[i]:offsets[i+1]], its end-of-poem id included (encoded.Split); the
+    stream starts with one more, so every poem is preceded by the newline that marks a poem start.
     With ``unk_p`` (see unk_probabilities), each occurrence of id i becomes ``unk_id`` with
     probability unk_p[i], drawn afresh per epoch from (seed, epoch).
     """
-    order = np.random.default_rng([seed, epoch]).permutation(len(train_ids))
-    parts = []
-    for i in order:
-        parts.append(eos_id)
-        parts.extend(train_ids[i])
-    parts.append(eos_id)
+    order = np.random.default_rng([seed, epoch]).permutation(len(offsets) - 1)
+    starts, lengths = offsets[:-1][order], np.diff(offsets)[order]
+    stream = np.empty(int(offsets[-1]) + 1, dtype=tokens.dtype)  # ids in the corpus's compact dtype
+    stream[0] = eos_id
+    at = 1
+    for g in range(0, order.size, _GROUP):  # gather a group of poems at a time: index memory stays small
+        s, n = starts[g : g + _GROUP], lengths[g : g + _GROUP]
+        total = int(n.sum())
+        # position k of the group's output reads tokens[s[j] + (k - where poem j begins in the output)]
+        index = np.repeat(s - (np.cumsum(n) - n), n) + np.arange(total)
+        stream[at : at + total] = tokens[index]
+        at += total
     if unk_p is not None and unk_p.any():
-        arr = np.asarray(parts, dtype=np.int64)
-        drop = np.random.default_rng([seed, epoch, 1]).random(arr.size) < unk_p[arr]
-        arr[drop] = unk_id
-        parts = arr
-    stream = torch.as_tensor(parts, dtype=torch.long)
-    rows = batchify(stream, batch_size)
+        rng = np.random.default_rng([seed, epoch, 1])  # drawn in blocks: the same draws as all at once
+        for s in range(0, stream.size, _UNK_BLOCK):
+            part = stream[s : s + _UNK_BLOCK]
+            part[rng.random(part.size) < unk_p[part]] = unk_id
+    rows = batchify(torch.from_numpy(stream), batch_size)
     return EpochData(rows, num_windows(rows, seq_len))
+
+
+_UNK_BLOCK = 2**22
+_GROUP = 2**15  # poems gathered at once

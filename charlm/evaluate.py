@@ -20,6 +20,7 @@ from charlm.vocab import UNK_ID, Vocab
 
 LN2 = math.log(2.0)
 IGNORE = -100
+_LOGITS_MAX = 2**24  # floats in one window's logits (64 MB): scoring memory does not grow with the vocabulary
 _MAX_LOSS = 700.0  # nats per character; exp() of more overflows a float (a uniform guess over 10^300 characters)
 
 
@@ -80,13 +81,17 @@ def _rows(ids: torch.Tensor, rows: int, burn_in: int) -> tuple[torch.Tensor, tor
 @torch.no_grad()
 def score(model: CharLM, ids: torch.Tensor, *, rows: int = 32, seq_len: int = 256,
           burn_in: int = 256) -> Score:
-    """Score a 1-D id stream (its first id is context only) in fp32, state carried across windows."""
+    """Score a 1-D id stream (its first id is context only) in fp32, state carried across windows.
+
+    Windows are at most ``seq_len`` long, and shorter where a window's logits (rows × window ×
+    vocabulary floats) would pass _LOGITS_MAX: the state is carried, so the figure is the same."""
     was_training = model.training
     model.eval()
     try:
         X, Y = _rows(ids, rows, burn_in)
         device = next(model.parameters()).device
         X, Y = X.to(device), Y.to(device)
+        seq_len = max(1, min(seq_len, _LOGITS_MAX // max(1, X.size(0) * model.config.vocab_size)))
         state = None
         nll = nll_unknown = 0.0
         correct = 0

@@ -27,14 +27,14 @@ import torch
 
 from charlm import checkpoint, distributed
 from charlm.config import Config, TrainConfig
+from charlm import encoded
+from charlm.data import EpochData, epoch_stream, get_window, good_turing_alpha, unk_probabilities
 from charlm.devices import autocast, grad_scaler, resolve_device, resolve_precision, rng_states, set_rng_states
 from charlm.distributed import Dist
-from charlm.data import (EpochData, epoch_stream, get_window, good_turing_alpha, join_poems, poem_lines, sha256_text,
-                         split_poems, unk_probabilities)
 from charlm.errors import CharLMError, describe
 from charlm.evaluate import score
 from charlm.model import CharLM, count_parameters, planned_size
-from charlm.vocab import EOS_ID, UNK_ID, Vocab, detect_script, normalize
+from charlm.vocab import EOS_ID, UNK_ID, Vocab
 
 
 # -- events reported to the caller -----------------------------------------------------------
@@ -58,6 +58,7 @@ class ValidEvent:
     valid_bpc: float
     best_bpc: float
     improved: bool
+    valid_chars: int = 0  # characters scored: the periodic subset (TrainConfig.valid_chars)
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,11 @@ class FitResult:
     steps: int
     epochs_done: float
     elapsed: float
-    best_valid_bpc: float
+    best_valid_bpc: float  # on the periodic validation subset, which chose the best checkpoint
     last_train_bpc: float
+    full_valid_bpc: float | None = None  # the best checkpoint on the whole validation split (end of training)
+    full_valid_chars: int = 0
+    subset_chars: int = 0  # characters in the periodic validation subset
     interrupted: str | None = None  # signal name when stopped by SIGINT, SIGTERM or SIGHUP
     skipped: int = 0  # updates skipped because the loss or gradient was not finite
 
@@ -142,31 +146,33 @@ def make_optimizer(model: CharLM, cfg) -> torch.optim.AdamW:
 class Prepared:
     config: Config
     vocab: Vocab
-    train_ids: list[list[int]]
-    valid_ids: torch.Tensor
+    data: encoded.Encoded  # both splits as compact arrays (memory-mapped from the corpus cache)
+    valid_ids: torch.Tensor  # the periodic validation subset as one stream, (N,) int64
     counts: list[int]
     corpus: dict
-    lines: set[str]
     unk_p: np.ndarray | None = None  # per id, the chance an occurrence is read as <unk> (data.unk_probabilities)
 
+    @property
+    def lines(self) -> str:
+        """The training poems' lines, rendered for lines.txt (checkpoint.render_lines)."""
+        return self.data.lines
 
-def prepare(text: str, config: Config, corpus_path: str | None = None, vocab: Vocab | None = None) -> Prepared:
-    """Normalise, split by poem, build (or reuse) the vocabulary and encode both parts."""
+    def full_valid_ids(self) -> torch.Tensor:
+        return torch.from_numpy(encoded.stream(self.data.valid)).long()
+
+
+def prepare(corpus: str | encoded.Source, config: Config, corpus_path: str | None = None,
+            vocab: Vocab | None = None, cache: Path | None = None) -> Prepared:
+    """Normalise, split by poem, build (or reuse) the vocabulary and encode both parts, from the
+    corpus cache when it holds them (encoded.load). ``corpus`` is the text, or a Source to read
+    the file in pieces from."""
     tc = config.train
-    script = vocab.script if vocab is not None else detect_script(text)
-    text = normalize(text, script)
-    train_poems, valid_poems = split_poems(text, tc.valid_fraction, tc.seed)
-    train_text = join_poems(train_poems)
-    if vocab is None:
-        vocab = Vocab.from_text(train_text, min_count=tc.min_count, script=script)
-    counts_map: dict[int, int] = {}
-    for i in vocab.encode(train_text):
-        counts_map[i] = counts_map.get(i, 0) + 1
-    counts = [counts_map.get(i, 0) for i in range(len(vocab))]
+    source = corpus if isinstance(corpus, encoded.Source) else encoded.Source(text=corpus)
+    data = encoded.load(source, tc.valid_fraction, tc.seed, tc.min_count, vocab, cache)
+    vocab = data.vocab
+    counts = data.counts
     config.model.vocab_size = len(vocab)
-    train_ids = [vocab.encode(p) for p in train_poems]
-    valid_ids = torch.tensor(vocab.encode(join_poems(valid_poems)), dtype=torch.long)
-    n_train = sum(len(p) + 1 for p in train_ids)
+    n_train = data.train.tokens.size
     if n_train < tc.seq_len + 1:
         raise CharLMError(
             f"the corpus is too short: its training part has {n_train} characters, fewer than one "
@@ -175,17 +181,19 @@ def prepare(text: str, config: Config, corpus_path: str | None = None, vocab: Vo
     keep = (UNK_ID, EOS_ID)
     unk_alpha = good_turing_alpha(counts, keep) if tc.unk_alpha is None else tc.unk_alpha
     unk_p = unk_probabilities(counts, unk_alpha, keep)
-    corpus = {
+    subset = encoded.subset(data.valid, tc.valid_chars, tc.seed)
+    corpus_record = {
         "path": corpus_path,
-        "sha256": sha256_text(text),
-        "characters": len(text),
-        "train_poems": len(train_poems),
-        "valid_poems": len(valid_poems),
-        "script": script,
+        "sha256": data.sha256,
+        "characters": data.characters,
+        "train_poems": data.train.poems,
+        "valid_poems": data.valid.poems,
+        "script": vocab.script,
         "unk_alpha": unk_alpha,
         "unk_rate": float((unk_p * counts).sum() / max(1, sum(counts))),  # expected share read as <unk>
     }
-    return Prepared(config, vocab, train_ids, valid_ids, counts, corpus, poem_lines(train_poems), unk_p)
+    valid_ids = torch.from_numpy(encoded.stream(data.valid, subset)).long()
+    return Prepared(config, vocab, data, valid_ids, counts, corpus_record, unk_p)
 
 
 # -- the run's state, its budget and the averaged weights -----------------------------------
@@ -463,14 +471,14 @@ class Run:
         if self.averaged is not None and any(k.startswith("ema.") for k in tensors):
             self.averaged.load(tensors)  # else averaging starts now, from the current weights
         self.log = MetricsLog(out / checkpoint.METRICS, self.st.step if resume else None) if dist.main else NoLog()
-        self.lines_text = checkpoint.render_lines(prep.lines)
+        self.lines_text = prep.lines
         self.last_bpc = math.nan
 
     def stream(self) -> EpochData:
         """This epoch's training windows (the order of poems is fixed by seed and epoch)."""
         p, tc = self.prep, self.prep.config.train
-        return epoch_stream(p.train_ids, EOS_ID, self.st.epoch, tc.seed, self.st.batch_size, tc.seq_len,
-                            p.unk_p, UNK_ID)
+        return epoch_stream(p.data.train.tokens, p.data.train.offsets, EOS_ID, self.st.epoch, tc.seed,
+                            self.st.batch_size, tc.seq_len, p.unk_p, UNK_ID)
 
     def save_resume(self) -> None:
         """Every process takes part (the carried rows and RNG states are gathered); process 0 writes."""
@@ -494,7 +502,7 @@ class Run:
         beats every earlier validation."""
         st, prep = self.st, self.prep
         s = score(self.model, prep.valid_ids)
-        record = {"step": st.step, "valid_loss": s.loss, "valid_bpc": s.bpc}
+        record = {"step": st.step, "valid_loss": s.loss, "valid_bpc": s.bpc, "valid_chars": s.chars}
         candidate, averaged_better = self.model, False
         if self.averaged is not None:
             s_avg = score(self.averaged.model, prep.valid_ids)
@@ -512,7 +520,17 @@ class Run:
             })
         st.last_valid_step = st.step
         self.log.write({**record, "best_valid_bpc": st.best_bpc, "elapsed": round(st.elapsed, 2)})
-        self.cb.on_valid(ValidEvent(st.step, s.loss, s.bpc, st.best_bpc, improved), self.model, prep.vocab)
+        self.cb.on_valid(ValidEvent(st.step, s.loss, s.bpc, st.best_bpc, improved, s.chars), self.model, prep.vocab)
+
+    def validate_full(self) -> tuple[float, int] | None:
+        """Score the best checkpoint on the whole validation split and log it; (bpc, characters)."""
+        if not checkpoint.is_checkpoint(self.out):
+            return None
+        best = checkpoint.load(self.out)
+        s = score(best.model, self.prep.full_valid_ids())
+        self.log.write({"step": self.st.step, "full_valid_loss": s.loss, "full_valid_bpc": s.bpc,
+                        "full_valid_chars": s.chars, "of_step": self.st.best_step})
+        return s.bpc, s.chars
 
 
 def build_model(config: Config) -> CharLM:
@@ -632,7 +650,9 @@ def _loop(run: Run) -> FitResult:
         if dist.main and st.last_valid_step != st.step and (st.step > 0 or not checkpoint.is_checkpoint(run.out)):
             run.validate()
         run.save_resume()
+        full = run.validate_full() if interrupted is None else None  # the whole split, once, at the end
     return FitResult(run.out, st.step, st.epochs_done(data.windows), st.elapsed, st.best_bpc, run.last_bpc,
+                     full[0] if full else None, full[1] if full else 0, int(run.prep.valid_ids.numel()) - 1,
                      interrupted, skipped=st.skipped)
 
 
@@ -661,7 +681,7 @@ def _diverged(st: TrainState, tc: TrainConfig, out: Path) -> str:
 def fit_batch_size(prep: Prepared, tc: TrainConfig) -> int:
     """--batch-size, halved until a small corpus can fill each row with at least one window."""
     batch_size = tc.batch_size
-    n_train = sum(len(p) + 1 for p in prep.train_ids) + 1
+    n_train = int(prep.data.train.tokens.size) + 1
     while batch_size > 1 and n_train // batch_size < tc.seq_len + 1:
         batch_size //= 2
     return batch_size
@@ -695,10 +715,11 @@ def resume_config(saved: Config, given: Config, changed: dict[str, str]) -> Conf
     return Config(saved.model, dataclasses.replace(saved.train, **train))
 
 
-def train_corpus(text: str, config: Config, out: str | Path, *, corpus_path: str | None = None,
+def train_corpus(corpus: str | encoded.Source, config: Config, out: str | Path, *, corpus_path: str | None = None,
                  callbacks: Callbacks | None = None, resume: bool = False, overwrite: bool = False,
                  changed: dict[str, str] | None = None) -> FitResult:
-    """Everything `charlm train` does: prepare the data and fit. Resuming continues the saved
+    """Everything `charlm train` does: prepare the data (``corpus`` is the text, or an
+    encoded.Source naming the file) and fit. Resuming continues the saved
     run with its saved settings, vocabulary and data, changed only where ``changed`` says
     (see resume_config)."""
     out = Path(out)
@@ -707,7 +728,7 @@ def train_corpus(text: str, config: Config, out: str | Path, *, corpus_path: str
         saved = checkpoint.read_resume(out)
         config = resume_config(Config.from_dict(saved.get("config")), config, changed or {})
         vocab, _ = checkpoint.read_resume_vocab(out)
-    prep = prepare(text, config, corpus_path, vocab)
+    prep = prepare(corpus, config, corpus_path, vocab)
     if resume:
         old = (saved.get("corpus") or {}).get("sha256")
         if old and old != prep.corpus["sha256"]:

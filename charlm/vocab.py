@@ -8,6 +8,7 @@ poem) is 1; the rest follow in order of decreasing frequency in the training tex
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,18 +55,18 @@ def to_traditional(text: str) -> str:
     return _opencc("s2t").convert(text)
 
 
+_HALF = re.compile("[" + re.escape("".join(_HALF_TO_FULL)) + "]")
+
+
 def _fullwidth_punct(text: str) -> str:
     """Turn ASCII , . ? ! ; : into their full-width forms where a Han character touches them."""
-    if not any(c in _HALF_TO_FULL for c in text):
-        return text
-    out = list(text)
-    for i, c in enumerate(text):
-        if c in _HALF_TO_FULL:
-            before = text[i - 1] if i > 0 else ""
-            after = text[i + 1] if i + 1 < len(text) else ""
-            if (before and is_han(before)) or (after and is_han(after)):
-                out[i] = _HALF_TO_FULL[c]
-    return "".join(out)
+    def full(m: re.Match) -> str:
+        i = m.start()
+        if (i > 0 and is_han(text[i - 1])) or (i + 1 < len(text) and is_han(text[i + 1])):
+            return _HALF_TO_FULL[m.group()]
+        return m.group()
+
+    return _HALF.sub(full, text)
 
 
 # Characters that are not shown as themselves: C0/C1 controls (ESC starts terminal escape

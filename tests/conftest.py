@@ -11,6 +11,30 @@ from charlm.config import Config, ModelConfig, TrainConfig
 
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _corpus_cache(tmp_path_factory):
+    """The encoded-corpus cache in a temporary folder, never the user's ~/.cache (subprocesses
+    inherit it through the environment)."""
+    import os
+
+    old = os.environ.get("CHARLM_CACHE")
+    os.environ["CHARLM_CACHE"] = str(tmp_path_factory.mktemp("corpus-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CHARLM_CACHE", None)
+    else:
+        os.environ["CHARLM_CACHE"] = old
+
+
+def pack(poems: list[list[int]], eos_id: int = 1):
+    """Poems of ids as (tokens, offsets), each poem followed by eos_id (charlm.encoded.Split)."""
+    import numpy as np
+
+    tokens = np.array([t for p in poems for t in [*p, eos_id]], dtype=np.uint16)
+    offsets = np.cumsum([0] + [len(p) + 1 for p in poems]).astype(np.int64)
+    return tokens, offsets
+
 POEMS = [
     "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。",
     "床前明月光，疑是地上霜。举头望明月，低头思故乡。",

@@ -35,3 +35,21 @@ def test_build_from_a_package_folder(tmp_path):
     assert out["tang.txt"] == ["床前明月光，疑是地上霜。举头望明月，低头思故乡。", "君不见黄河之水天上来，奔流到海不复回。"]
     assert out["tang-quatrains.txt"] == ["床前明月光，疑是地上霜。举头望明月，低头思故乡。"]
     assert out["tangshi300.txt"] == ["白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"]
+
+
+def test_all_adds_song_and_tang_plus_song_without_repeats(tmp_path):
+    pkg = tmp_path / "package" / "dist"
+    (pkg / "quantangshi").mkdir(parents=True)
+    (pkg / "mengxue").mkdir(parents=True)
+    tang = [{"paragraphs": ["床前明月光，疑是地上霜。"]}, {"paragraphs": ["白日依山盡，黃河入海流。"]}]
+    song = [{"paragraphs": ["白日依山盡，黃河入海流。"]},  # also a Tang poem: once in all.txt
+            {"paragraphs": ["春風又綠江南岸，明月何時照我還。"]}, {"paragraphs": ["春風又綠江南岸，明月何時照我還。"]}]
+    (pkg / "quantangshi" / "poet.tang.0.json").write_text(json.dumps(tang, ensure_ascii=False), encoding="utf-8")
+    (pkg / "quantangshi" / "poet.song.0.json").write_text(json.dumps(song, ensure_ascii=False), encoding="utf-8")
+    (pkg / "mengxue" / "tangshisanbaishou.json").write_text(json.dumps({"content": []}), encoding="utf-8")
+    plain = build(tmp_path)
+    assert set(plain) == {"tang.txt", "tang-quatrains.txt", "tangshi300.txt"}  # song only when asked
+    out = build(tmp_path, song=True)
+    assert {k: out[k] for k in plain} == plain  # the shipped corpora do not change
+    assert out["song.txt"] == ["白日依山尽，黄河入海流。", "春风又绿江南岸，明月何时照我还。"]
+    assert out["all.txt"] == ["床前明月光，疑是地上霜。", "白日依山尽，黄河入海流。", "春风又绿江南岸，明月何时照我还。"]

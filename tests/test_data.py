@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from conftest import pack
+
 from charlm.data import batchify, epoch_stream, get_window, join_poems, num_windows, read_corpus, split_poems
 from charlm.errors import CharLMError
 
@@ -54,10 +56,10 @@ def test_windows_continue_each_row_for_carried_state():
 
 
 def test_epoch_order_is_fixed_by_seed_and_epoch():
-    ids = [[i + 2] * 3 for i in range(20)]
-    a = epoch_stream(ids, 1, epoch=0, seed=5, batch_size=2, seq_len=4)
-    b = epoch_stream(ids, 1, epoch=0, seed=5, batch_size=2, seq_len=4)
-    c = epoch_stream(ids, 1, epoch=1, seed=5, batch_size=2, seq_len=4)
+    ids = pack([[i + 2] * 3 for i in range(20)])
+    a = epoch_stream(*ids, 1, epoch=0, seed=5, batch_size=2, seq_len=4)
+    b = epoch_stream(*ids, 1, epoch=0, seed=5, batch_size=2, seq_len=4)
+    c = epoch_stream(*ids, 1, epoch=1, seed=5, batch_size=2, seq_len=4)
     assert torch.equal(a.rows, b.rows) and not torch.equal(a.rows, c.rows)
     assert sorted(a.rows.flatten().tolist()) == sorted(c.rows.flatten().tolist())
 

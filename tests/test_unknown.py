@@ -10,6 +10,8 @@ import torch
 
 from charlm.checkpoint import load
 from charlm.config import Config, parse_unk_alpha
+from conftest import pack
+
 from charlm.data import epoch_stream, good_turing_alpha, unk_probabilities
 from charlm.errors import CharLMError
 from charlm.evaluate import score
@@ -44,13 +46,13 @@ def test_good_turing_alpha_matches_the_share_of_characters_seen_once():
 
 
 def test_replacement_is_fixed_by_seed_and_epoch_and_touches_only_rare_ids():
-    train_ids = [[2, 3, 4, 5] * 50 for _ in range(40)]
+    train_ids = pack([[2, 3, 4, 5] * 50 for _ in range(40)])
     p = np.zeros(6)
     p[5] = 0.3  # only id 5 may be replaced
-    a = epoch_stream(train_ids, EOS_ID, 0, 7, 4, 8, p, UNK_ID).rows
-    b = epoch_stream(train_ids, EOS_ID, 0, 7, 4, 8, p, UNK_ID).rows
-    c = epoch_stream(train_ids, EOS_ID, 1, 7, 4, 8, p, UNK_ID).rows
-    plain = epoch_stream(train_ids, EOS_ID, 0, 7, 4, 8).rows
+    a = epoch_stream(*train_ids, EOS_ID, 0, 7, 4, 8, p, UNK_ID).rows
+    b = epoch_stream(*train_ids, EOS_ID, 0, 7, 4, 8, p, UNK_ID).rows
+    c = epoch_stream(*train_ids, EOS_ID, 1, 7, 4, 8, p, UNK_ID).rows
+    plain = epoch_stream(*train_ids, EOS_ID, 0, 7, 4, 8).rows
     assert torch.equal(a, b) and not torch.equal(a, c)
     changed = a != plain
     assert set(plain[changed].tolist()) == {5} and set(a[changed].tolist()) == {UNK_ID}
