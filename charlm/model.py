@@ -253,10 +253,7 @@ def planned_size(config: ModelConfig) -> int:
     allocating them; refuses, with a sentence, a model larger than MAX_PARAMETERS."""
     sizes = (f"vocabulary {config.vocab_size}, embedding {config.embed_dim}, hidden {config.hidden_size}, "
              f"{config.num_layers} layers")
-    try:
-        n = sum(math.prod(s) for s in expected_shapes(config).values())
-    except RuntimeError:  # a shape too large for torch to describe at all
-        raise CharLMError(f"a model of this size cannot be built ({sizes})") from None
+    n = sum(math.prod(s) for s in expected_shapes(config).values())
     if n > MAX_PARAMETERS:
         raise CharLMError(f"a model of {n:,} parameters ({sizes}) is larger than the {MAX_PARAMETERS:,} "
                           f"charlm builds")
@@ -264,12 +261,45 @@ def planned_size(config: ModelConfig) -> int:
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Name → shape of every tensor in a saved CharLM(config), without allocating any memory:
-    the model is built on the meta device. A tied output weight appears once, under the
-    embedding's name, as ``safetensors.torch.save_model`` writes it. Raises RuntimeError when a
-    shape is too large for torch to describe (the caller turns that into a sentence)."""
-    with torch.device("meta"):
-        model = CharLM(config)
-    unique = dict(model.named_parameters())  # the first name of each shared parameter
-    unique.update(model.named_buffers())
-    return {name: tuple(t.shape) for name, t in unique.items()}
+    """Name → shape of every tensor in a saved CharLM(config), computed from the config alone, so
+    nothing is allocated (and nothing slow is imported: building on the meta device would pull in
+    torch's compiler, seconds on every load). A tied output weight appears once, under the
+    embedding's name, as ``safetensors.torch.save_model`` writes it. tests/test_hostile_checkpoints.py
+    checks these shapes against real models of every kind."""
+    c = config
+    V, E, H = c.vocab_size, c.embed_dim, c.hidden_size
+    gates = {"lstm": 4, "gru": 3}.get(c.cell, 1)
+    shapes: dict[str, tuple[int, ...]] = {"embed.weight": (V, E)}
+    if c.conv_kernel:
+        shapes.update({"conv.depthwise.weight": (E, 1, c.conv_kernel), "conv.depthwise.bias": (E,),
+                       "conv.pointwise.weight": (E, E, 1), "conv.pointwise.bias": (E,)})
+
+    def recurrent(prefix: str, layer: int, inputs: int) -> None:
+        shapes.update({f"{prefix}.weight_ih_l{layer}": (gates * H, inputs), f"{prefix}.weight_hh_l{layer}": (gates * H, H),
+                       f"{prefix}.bias_ih_l{layer}": (gates * H,), f"{prefix}.bias_hh_l{layer}": (gates * H,)})
+
+    for i in range(c.num_layers):
+        if c.residual or c.locked_dropout:
+            recurrent(f"layers.{i}", 0, E if i == 0 else H)
+        else:
+            recurrent("rnn", i, E if i == 0 else H)
+    if c.residual:
+        for i in range(c.num_layers - 1):
+            shapes.update({f"norms.{i}.weight": (H,), f"norms.{i}.bias": (H,)})
+    if c.tie_weights and H != E:
+        shapes["proj.weight"] = (E, H)
+    if c.softmax == "adaptive":
+        from charlm.config import adaptive_cutoffs
+
+        cutoffs = [*(c.cutoffs or adaptive_cutoffs(V)), V]
+        div = 4.0 if H >= 4 ** (len(cutoffs) - 1) else 1.0
+        shapes["adaptive.head.weight"] = (cutoffs[0] + len(cutoffs) - 1, H)
+        for i in range(len(cutoffs) - 1):
+            hsz = int(H // (div ** (i + 1)))
+            shapes[f"adaptive.tail.{i}.0.weight"] = (hsz, H)
+            shapes[f"adaptive.tail.{i}.1.weight"] = (cutoffs[i + 1] - cutoffs[i], hsz)
+    else:
+        if not c.tie_weights:
+            shapes["head.weight"] = (V, H)
+        shapes["head.bias"] = (V,)
+    return shapes
