@@ -47,17 +47,17 @@ def _generated(results, prompt: str) -> int:
     return sum(len(r.text) - len(prompt) + 1 for r in results)  # + the end of poem
 
 
-def charlm_sampling(ck, n: int, spec: PoemSpec, max_chars: int, seed: int) -> float:
+def charlm_sampling(ck, n: int, spec: PoemSpec, max_chars: int, seed: int, quantize: bool = False) -> float:
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     out = sample_poems(ck.model, ck.vocab, "", n, spec=spec, settings=SampleSettings(max_chars=max_chars),
-                       generator=g, lines=ck.lines)
+                       generator=g, lines=ck.lines, quantize=quantize)
     return _generated(out, "") / (time.perf_counter() - t0)
 
 
-def charlm_beam(ck, n: int, beam: int, spec: PoemSpec) -> float:
+def charlm_beam(ck, n: int, beam: int, spec: PoemSpec, quantize: bool = False) -> float:
     t0 = time.perf_counter()
-    beam_poems(ck.model, ck.vocab, "", n, spec=spec, beam=beam, lines=ck.lines)
+    beam_poems(ck.model, ck.vocab, "", n, spec=spec, beam=beam, lines=ck.lines, quantize=quantize)
     steps = spec.form.lines * (spec.form.chars + 1) + 1
     return beam * steps / (time.perf_counter() - t0)  # characters the beam rows decode
 
@@ -84,17 +84,21 @@ def main() -> None:
     plain = median(lambda: plain_decoding(ck.model, 300), R)
     qilv = PoemSpec(form=parse_form("七律"), rhyme=True, tones=True)
     qijue = PoemSpec(form=parse_form("七绝"), rhyme=True, tones=True)
-    rows = [
-        ("plain decoding (pytorch/examples), 1 row", plain),
-        ("charlm: one unconstrained sample", median(lambda: charlm_sampling(ck, 1, PoemSpec(), 200, 1), R)),
-        ("charlm: -n 64 unconstrained", median(lambda: charlm_sampling(ck, 64, PoemSpec(), 200, 2), R)),
-        ("charlm: -n 512 --max-chars 100", median(lambda: charlm_sampling(ck, 512, PoemSpec(), 100, 3), R)),
-        ("charlm: -n 100 --form 七律 --rhyme --tones", median(lambda: charlm_sampling(ck, 100, qilv, 200, 4), R)),
-        ("charlm: --beam 16 -n 8 七绝 --rhyme --tones", median(lambda: charlm_beam(ck, 8, 16, qijue), R)),
+    jobs = [
+        ("one unconstrained sample", lambda q: charlm_sampling(ck, 1, PoemSpec(), 200, 1, q)),
+        ("-n 64 unconstrained", lambda q: charlm_sampling(ck, 64, PoemSpec(), 200, 2, q)),
+        ("-n 512 --max-chars 100", lambda q: charlm_sampling(ck, 512, PoemSpec(), 100, 3, q)),
+        ("-n 100 --form 七律 --rhyme --tones", lambda q: charlm_sampling(ck, 100, qilv, 200, 4, q)),
+        ("--beam 16 -n 8 七绝 --rhyme --tones", lambda q: charlm_beam(ck, 8, 16, qijue, q)),
     ]
-    print(f"{'decoding':<46}{'chars/s':>10}{'× plain':>9}")
-    for name, v in rows:
-        print(f"{name:<46}{v:>10,.0f}{v / plain:>9.2f}")
+    from charlm.sample import int8_copy
+
+    int8_copy(ck.model)  # made once per loaded model; its 0.2 s is part of the command timings below
+    print(f"{'decoding, characters/second':<40}{'fp32':>9}{'× plain':>9}{'int8':>9}{'× plain':>9}")
+    print(f"{'plain decoding (pytorch/examples), 1 row':<40}{plain:>9,.0f}{1.0:>9.2f}")
+    for name, job in jobs:
+        exact, fast = median(lambda: job(False), R), median(lambda: job(True), R)
+        print(f"{'charlm: ' + name:<40}{exact:>9,.0f}{exact / plain:>9.2f}{fast:>9,.0f}{fast / plain:>9.2f}")
     if args.no_commands:
         return
     torch_s = median(lambda: command_seconds([sys.executable, "-c", "import torch"]), R)

@@ -38,6 +38,9 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 EncodingOpt = Annotated[str, typer.Option("--encoding", help="Text encoding of the corpus file, e.g. gbk.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help=f"Where the model runs: {DEVICE_HELP}.")]
+Int8Opt = Annotated[bool, typer.Option("--int8/--fp32", help=(
+    "On a CPU, decode with dynamic int8 weights when there is enough work (8 rows or 100 steps or more): "
+    "about 4x faster a step, validation bpc +0.004 on the shipped model. --fp32 decodes with the exact weights."))]
 
 
 # -- showing user text -------------------------------------------------------------------------
@@ -349,13 +352,13 @@ def _poem_spec(vocab, form, acrostic, rhyme, rhyme_first, tones, novel):
                     rhyme_first=rhyme_first, tones=tones, novel=novel)
 
 
-def _sample(ckpt, prompt, n, spec, settings, best_of, beam, seed, no_repeat=None, on_char=None):
+def _sample(ckpt, prompt, n, spec, settings, best_of, beam, seed, no_repeat=None, on_char=None, int8=True):
     """charlm.sample.write_poems on the loaded checkpoint, its warnings on stderr."""
     from charlm.sample import write_poems
 
     return write_poems(ckpt.model, ckpt.vocab, prompt, n, spec=spec, settings=settings, best_of=best_of, beam=beam,
                        no_repeat=no_repeat, seed=seed, lines=ckpt.lines, on_char=on_char,
-                       on_warning=lambda w: _say("warning:", "yellow", w))
+                       on_warning=lambda w: _say("warning:", "yellow", w), quantize=int8)
 
 
 def _panel(result, checks, index):
@@ -402,6 +405,7 @@ def generate(
     beam: BeamOpt = 0,
     no_repeat: NoRepeatOpt = None,
     device: DeviceOpt = "auto",
+    int8: Int8Opt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Write poems that continue --prompt; each stops at the end of the poem or --max-chars.
@@ -436,7 +440,7 @@ def generate(
         spec = _poem_spec(ckpt.vocab, form, acrostic, rhyme, rhyme_first, tones, novel)
         if spec.form is not None and max_chars is not None:
             raise CharLMError("--max-chars does not apply with --form, whose poems have a fixed length; give one of them")
-        results = _sample(ckpt, prompt, n, spec, settings, best_of, beam, seed, no_repeat,
+        results = _sample(ckpt, prompt, n, spec, settings, best_of, beam, seed, no_repeat, int8=int8,
                           on_char=emit if stream else None)
         if stream:
             sys.stdout.write(("" if started else printable(results[0].text)) + "\n")

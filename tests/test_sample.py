@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from charlm import checkpoint
+from charlm.checkpoint import is_checkpoint, shipped_checkpoint
 from charlm.errors import CharLMError
 from charlm.sample import SampleSettings, filter_logits, generate
 from charlm.vocab import EOS_ID, UNK_ID
@@ -80,3 +81,36 @@ def test_incremental_logits_equal_full_sequence_logits(trained):
         logits, state = ck.model(ids[:, t : t + 1], state)
         steps.append(logits)
     torch.testing.assert_close(torch.cat(steps, 1), full)
+
+
+def test_int8_decoding_is_used_only_for_enough_work_and_leaves_the_model_alone(trained):
+    from charlm.constrain import PoemSpec
+    from charlm.poetry import check_poem, parse_form
+    from charlm.sample import decoder, sample_poems
+
+    ck = checkpoint.load(trained)
+    before = {k: v.clone() for k, v in ck.model.state_dict().items()}
+    assert decoder(ck.model, 1, 30, quantize=True) is ck.model  # not worth its quantising time
+    assert decoder(ck.model, 64, 30, quantize=False) is ck.model
+    fast = decoder(ck.model, 64, 30, quantize=True)
+    assert fast is not ck.model and decoder(ck.model, 8, 1, quantize=True) is fast  # made once
+    assert "quantized" in type(fast.rnn).__module__ and "quantized" in type(fast.head).__module__
+    spec = PoemSpec(form=parse_form("五绝"), rhyme=True)
+    poems = sample_poems(ck.model, ck.vocab, "", 16, spec=spec, settings=SampleSettings(),
+                         generator=torch.Generator().manual_seed(1), quantize=True)
+    assert all(check_poem(p.text, spec.form).form_valid for p in poems)
+    assert all(torch.equal(before[k], v) for k, v in ck.model.state_dict().items())
+    assert ck.model.training is False and "int8" not in "".join(ck.model.state_dict())
+
+
+@pytest.mark.skipif(not is_checkpoint(shipped_checkpoint()), reason="shipped model not present")
+def test_int8_weights_move_the_shipped_models_bpc_by_under_a_hundredth():
+    from charlm.evaluate import evaluate, validation_text
+    from charlm.sample import int8_copy
+
+    ck = checkpoint.load(shipped_checkpoint())
+    text, _ = validation_text(ck)
+    text = "\n".join(text.split("\n")[:120]) + "\n"
+    exact = evaluate(ck.model, ck.vocab, text).bpc
+    fast = evaluate(int8_copy(ck.model), ck.vocab, text).bpc
+    assert abs(fast - exact) < 0.01, (exact, fast)
