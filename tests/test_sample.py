@@ -114,3 +114,16 @@ def test_int8_weights_move_the_shipped_models_bpc_by_under_a_hundredth():
     exact = evaluate(ck.model, ck.vocab, text).bpc
     fast = evaluate(int8_copy(ck.model), ck.vocab, text).bpc
     assert abs(fast - exact) < 0.01, (exact, fast)
+
+
+def test_draw_follows_the_probabilities_and_never_picks_an_impossible_character():
+    from charlm.sample import draw
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]], dtype=torch.float64).expand(20000, -1)
+    picks = draw(probs, torch.Generator().manual_seed(0))
+    counts = torch.bincount(picks, minlength=5).double() / picks.numel()
+    assert counts[1] == 0 and counts[4] == 0
+    assert torch.allclose(counts[[0, 2, 3]], torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64), atol=0.015)
+    one_hot = torch.zeros(3, 7, dtype=torch.float64)
+    one_hot[torch.arange(3), torch.tensor([0, 6, 3])] = 1.0
+    assert draw(one_hot).tolist() == [0, 6, 3]
