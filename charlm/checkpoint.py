@@ -426,9 +426,10 @@ def read_config(path: str | Path) -> tuple[Path, dict, Config]:
     return d, meta, _config_from(meta, what)
 
 
-def load(path: str | Path, device: torch.device | str | None = None) -> Checkpoint:
+def load(path: str | Path, device: torch.device | str | None = None, *, lines: bool = True) -> Checkpoint:
     """Read and check a checkpoint; its model goes to ``device`` (the CPU by default), whatever
-    device it was trained on: the weights on disk are plain safetensors."""
+    device it was trained on: the weights on disk are plain safetensors. ``lines=False`` skips the
+    training lines (hundreds of MB as a Python set for a corpus of millions of lines)."""
     p = Path(path)
     what = f"checkpoint {str(p)!r}"
     d, meta, config = read_config(p)
@@ -451,7 +452,7 @@ def load(path: str | Path, device: torch.device | str | None = None) -> Checkpoi
     if device is not None:
         model.to(device)
     return Checkpoint(model, config, vocab, p, meta.get("metrics", {}), meta.get("corpus", {}),
-                      counts, _read_lines(d, what))
+                      counts, _read_lines(d, what) if lines else None)
 
 
 def render_lines(lines: set[str]) -> str:

@@ -95,13 +95,13 @@ def _dumps(data: dict) -> str:
     return "".join(_json_escape(c) if is_unprintable(c) else c for c in text)
 
 
-def _load(checkpoint_dir: Optional[Path], device: str = "cpu"):
+def _load(checkpoint_dir: Optional[Path], device: str = "cpu", lines: bool = True):
     from charlm import checkpoint
     from charlm.devices import resolve_device
 
     place = resolve_device(device)  # a bad --device is refused before anything is read
     path, why = checkpoint.find_default(checkpoint_dir)
-    ckpt = checkpoint.load(path, device=place)
+    ckpt = checkpoint.load(path, device=place, lines=lines)
     err.print(_literal(f"checkpoint: {path} ({why})", style="dim"), soft_wrap=True)
     return ckpt
 
@@ -692,7 +692,7 @@ def eval_(
                temperature, top_k, top_p, seed, no_repeat, encoding, as_json)
         return
     try:
-        ckpt = _load(checkpoint, device)
+        ckpt = _load(checkpoint, device, lines=False)  # scoring needs no training lines
         if corpus is None:
             text, warnings = validation_text(ckpt)
             source = f"validation split of {ckpt.corpus.get('path')}"

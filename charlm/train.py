@@ -526,7 +526,7 @@ class Run:
         """Score the best checkpoint on the whole validation split and log it; (bpc, characters)."""
         if not self.dist.main or not checkpoint.is_checkpoint(self.out):  # process 0 alone reports it
             return None
-        best = checkpoint.load(self.out, device=self.device)
+        best = checkpoint.load(self.out, device=self.device, lines=False)
         s = score(best.model, self.prep.full_valid_ids())
         self.log.write({"step": self.st.step, "full_valid_loss": s.loss, "full_valid_bpc": s.bpc,
                         "full_valid_chars": s.chars, "of_step": self.st.best_step})

@@ -222,10 +222,15 @@ def assert_one_clear_error(r, word):
 
 
 @pytest.mark.parametrize("tamper, word", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_a_tampered_checkpoint_is_one_sentence(copy, tamper, word):
+def test_a_tampered_checkpoint_is_one_sentence(copy, tamper, word, request):
     tamper(copy)
+    lines_only = request.node.callspec.id.startswith("lines-")
     for command in COMMANDS:
-        assert_one_clear_error(run(copy, command), word)
+        r = run(copy, command)
+        if lines_only and command[0] == "eval":  # scoring never reads the training lines, so nothing is wrong
+            assert r.exit_code == 0 and "Traceback" not in r.stderr, r.stderr
+        else:
+            assert_one_clear_error(r, word)
 
 
 def test_an_untouched_copy_loads_generates_and_evaluates(copy):
