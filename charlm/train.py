@@ -449,6 +449,7 @@ class Run:
             carried = [tensors[k].to(device) for k in sorted((k for k in tensors if k.startswith("carried.")),
                                                              key=lambda k: int(k.split(".")[1]))]
             self.st = TrainState.from_counters(counters, tuple(carried) or None)
+            _check_resume_tensors(out, tensors, self.st, self.model, config)
             if self.st.carried is not None:  # saved for the whole batch: this process's rows
                 self.st.carried = tuple(t[:, dist.rows(self.st.batch_size)] for t in self.st.carried)
             own = f"rng.rank{dist.rank}"
@@ -531,6 +532,27 @@ class Run:
         self.log.write({"step": self.st.step, "full_valid_loss": s.loss, "full_valid_bpc": s.bpc,
                         "full_valid_chars": s.chars, "of_step": self.st.best_step})
         return s.bpc, s.chars
+
+
+def _check_resume_tensors(out: Path, tensors: dict[str, torch.Tensor], st: TrainState, model: CharLM,
+                          config: Config) -> None:
+    """The resume state's own tensors, checked before anything uses them (it is untrusted input)."""
+    def damaged(what: str) -> CharLMError:
+        return CharLMError(f"the resume state in {str(out)!r} is damaged ({what}); "
+                           f"start afresh with --overwrite")
+
+    rng = tensors.get("rng")
+    if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+        raise damaged("no usable random-number state")
+    if st.carried is not None:
+        expected = [tuple(t.shape) for t in model.init_state(st.batch_size)]
+        if [tuple(t.shape) for t in st.carried] != expected or not all(t.is_floating_point() for t in st.carried):
+            raise damaged(f"its carried state does not fit a batch of {st.batch_size} rows of this model")
+    if config.train.ema and any(k.startswith("ema.") for k in tensors):
+        for name, p in model.named_parameters():
+            t = tensors.get(f"ema.{name}")
+            if t is None or t.shape != p.shape:
+                raise damaged(f"its averaged weights lack or misshape {name}")
 
 
 def build_model(config: Config) -> CharLM:

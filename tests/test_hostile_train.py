@@ -245,3 +245,28 @@ def test_the_printed_hint_resumes_the_same_run_exactly_as_printed(tmp_path):
     train_steps = [r["step"] for r in records if "loss" in r]
     assert len(train_steps) == len(set(train_steps)) and train_steps[-1] == 60  # cut back: no step twice
     assert [r["step"] for r in records] == sorted(r["step"] for r in records)
+
+
+def _resave_state(run: Path, change):
+    from safetensors.torch import load_file, save_file
+
+    path = run / "resume" / "state.safetensors"
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize("change, word", [
+    (lambda t: t.pop("run.rng"), "random-number state"),
+    (lambda t: t.__setitem__("run.rng", t["run.rng"][:10].clone()), "random-number state"),
+    (lambda t: t.__setitem__("run.carried.0", t["run.carried.0"][:, :1].clone()), "carried state"),
+    (lambda t: t.__setitem__("run.carried.1", t["run.carried.1"].long()), "carried state"),
+])
+def test_tampered_resume_tensors_are_one_sentence(world, tmp_path, change, word):
+    import shutil
+
+    shutil.copytree(world / "run", tmp_path / "run", symlinks=True)
+    _resave_state(tmp_path / "run", change)
+    r = runner.invoke(app, ["train", str(world / "poems.txt"), "--out", str(tmp_path / "run"), "--resume", *TINY])
+    assert r.exit_code == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1].startswith("error: the resume state") and word in r.stderr, r.stderr
