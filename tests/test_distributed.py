@@ -28,8 +28,13 @@ def _env():
 def _train(cwd, out, *args, processes=1):
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
                 if processes > 1 else [sys.executable])
-    r = subprocess.run([*launcher, "-m", "charlm", "train", "poems.txt", "--out", out, *TINY, *args], cwd=cwd,
-                       env=_env(), capture_output=True, text=True, encoding="utf-8", timeout=300)
+    for attempt in range(2):
+        r = subprocess.run([*launcher, "-m", "charlm", "train", "poems.txt", "--out", out, *TINY, *args], cwd=cwd,
+                           env=_env(), capture_output=True, text=True, encoding="utf-8", timeout=300)
+        # the launcher picks a free port and binds it a moment later; another job on the machine can
+        # take it in between. That race (and only that) is worth a second launch.
+        if r.returncode == 0 or "Address already in use" not in r.stderr:
+            break
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
