@@ -16,6 +16,10 @@ corpora that are not committed (tens of MB; ``.gitignore`` lists them):
 
 - ``song.txt``: every Song poem (identical bodies kept once);
 - ``all.txt``: Tang and Song — ``tang.txt``, then the Song poems not already in it.
+
+With ``--ci`` it also reads ``dist/songci/ci.song.*.json`` (the Song ci) and writes ``songci.txt``
+(one ci a line, identical texts kept once) and ``cipai.json``, the tune table ``charlm.cipai``
+learns from them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+from charlm import cipai
 from charlm.poetry import LINE_ENDS
 from charlm.vocab import is_han, to_simplified
 
@@ -70,10 +75,11 @@ def as_quatrain(body: str) -> str | None:
     return f"{clauses[0]}，{clauses[1]}。{clauses[2]}，{clauses[3]}。"
 
 
-def _open_source(source: Path, song: bool = False) -> Iterator[tuple[str, bytes]]:
+def _open_source(source: Path, song: bool = False, ci: bool = False) -> Iterator[tuple[str, bytes]]:
     """(relative path under package/, bytes) for the JSON files we need, from a .tgz or a folder."""
     dynasties = "tang|song" if song else "tang"
-    wanted = re.compile(rf"dist/(quantangshi/poet\.({dynasties})\.\d+\.json|mengxue/tangshisanbaishou\.json)$")
+    songci = r"|songci/ci\.song\.\w+\.json" if ci else ""
+    wanted = re.compile(rf"dist/(quantangshi/poet\.({dynasties})\.\d+\.json|mengxue/tangshisanbaishou\.json{songci})$")
     if source.is_dir():
         root = source / "package" if (source / "package").is_dir() else source
         for p in sorted(root.rglob("*.json")):
@@ -107,6 +113,34 @@ def _bodies(files: dict[str, bytes], names: list[str], seen: set[str]) -> list[s
                 seen.add(body)
                 poems.append(body)
     return poems
+
+
+def _ci_order(rel: str) -> tuple[int, str]:
+    """ci.song.0.json, ci.song.1000.json, …, ci.song.21000.json, then ci.song.2019y.json."""
+    m = re.search(r"ci\.song\.(\d+)\.json$", rel)
+    return (int(m.group(1)), rel) if m else (1 << 30, rel)
+
+
+def build_ci(source: Path, files: dict[str, bytes] | None = None) -> list[tuple[str, str]]:
+    """(tune, ci) for every Song ci in ``dist/songci/ci.song.*.json``: the tune is the source's
+    ``rhythmic`` field, the ci its ``paragraphs`` cleaned like a poem and simplified; a ci whose
+    text repeats an earlier one is kept once (with the earlier one's tune)."""
+    files = files if files is not None else dict(_open_source(source, ci=True))
+    names = sorted((r for r in files if "songci/ci.song." in r), key=_ci_order)
+    if not names:
+        raise SystemExit(f"{source} holds no Song ci (dist/songci/ci.song.*.json)")
+    seen: set[str] = set()
+    ci: list[tuple[str, str]] = []
+    for rel in names:
+        for entry in json.loads(files[rel]):
+            body = clean_body(entry.get("paragraphs") or [])
+            if not body:
+                continue
+            body = to_simplified(body)
+            if body not in seen:
+                seen.add(body)
+                ci.append((to_simplified((entry.get("rhythmic") or "").strip()), body))
+    return ci
 
 
 def build(source: Path, song: bool = False) -> dict[str, list[str]]:
@@ -159,9 +193,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("corpora"))
     ap.add_argument("--all", action="store_true",
                     help="also write song.txt (全宋诗) and all.txt (Tang and Song), tens of MB, not committed")
+    ap.add_argument("--ci", action="store_true",
+                    help="also write songci.txt (the Song ci) and cipai.json (the tune table learned from them)")
     args = ap.parse_args(argv)
     corpora = build(args.source, song=args.all)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.ci:
+        ci = build_ci(args.source)
+        corpora["songci.txt"] = [body for _, body in ci]
+        table = cipai.learn(ci)
+        cipai.write(table, args.out / "cipai.json")
+        print(f"cipai.json: {len(table.tunes)} tunes of at least {table.min_examples} ci, "
+              f"covering {table.covered} of the {table.ci} ci with a known tune", file=sys.stderr)
     for name, poems in corpora.items():
         with io.open(args.out / name, "w", encoding="utf-8", newline="\n") as f:
             f.write("\n".join(poems) + "\n")

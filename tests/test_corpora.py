@@ -1,6 +1,6 @@
 import json
 
-from charlm.corpora import as_quatrain, build, clean_body
+from charlm.corpora import as_quatrain, build, build_ci, clean_body
 
 
 def test_notes_are_removed_and_restorations_kept():
@@ -53,3 +53,15 @@ def test_all_adds_song_and_tang_plus_song_without_repeats(tmp_path):
     assert {k: out[k] for k in plain} == plain  # the shipped corpora do not change
     assert out["song.txt"] == ["白日依山尽，黄河入海流。", "春风又绿江南岸，明月何时照我还。"]
     assert out["all.txt"] == ["床前明月光，疑是地上霜。", "白日依山尽，黄河入海流。", "春风又绿江南岸，明月何时照我还。"]
+
+
+def test_ci_are_read_cleaned_simplified_and_kept_once_with_their_tune(tmp_path):
+    pkg = tmp_path / "package" / "dist" / "songci"
+    pkg.mkdir(parents=True)
+    first = [{"rhythmic": "浣溪沙", "paragraphs": ["一曲新詞酒一杯。", "去年天氣舊亭臺。（一作「臺」）"]}]
+    later = [{"rhythmic": "失調名", "paragraphs": ["一曲新词酒一杯。去年天气旧亭台。"]},  # a repeat
+             {"rhythmic": "如夢令", "paragraphs": ["昨夜雨疏風驟。"]}]
+    (pkg / "ci.song.1000.json").write_text(json.dumps(later, ensure_ascii=False), encoding="utf-8")
+    (pkg / "ci.song.0.json").write_text(json.dumps(first, ensure_ascii=False), encoding="utf-8")
+    (pkg / "宋词三百首.json").write_text(json.dumps(later, ensure_ascii=False), encoding="utf-8")  # a selection: not read
+    assert build_ci(tmp_path) == [("浣溪沙", "一曲新词酒一杯。去年天气旧亭台。"), ("如梦令", "昨夜雨疏风骤。")]
