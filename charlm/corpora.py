@@ -99,20 +99,23 @@ def _file_order(rel: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-def _bodies(files: dict[str, bytes], names: list[str], seen: set[str]) -> list[str]:
-    """The cleaned, simplified bodies of the poems in ``names``, skipping any already in ``seen``
-    (which grows)."""
-    poems: list[str] = []
+def _new_bodies(files: dict[str, bytes], names: list[str], seen: set[str]):
+    """(entry, body) for each poem in ``names`` whose cleaned, simplified body is not yet in ``seen``
+    (which grows): the one cleaning and deduplication of poems and ci alike."""
     for rel in names:
-        for poem in json.loads(files[rel]):
-            body = clean_body(poem.get("paragraphs") or [])
+        for entry in json.loads(files[rel]):
+            body = clean_body(entry.get("paragraphs") or [])
             if not body:
                 continue
             body = to_simplified(body)
             if body not in seen:
                 seen.add(body)
-                poems.append(body)
-    return poems
+                yield entry, body
+
+
+def _bodies(files: dict[str, bytes], names: list[str], seen: set[str]) -> list[str]:
+    """The cleaned, simplified bodies of the poems in ``names``, skipping any already in ``seen``."""
+    return [body for _, body in _new_bodies(files, names, seen)]
 
 
 def _ci_order(rel: str) -> tuple[int, str]:
@@ -129,18 +132,8 @@ def build_ci(source: Path, files: dict[str, bytes] | None = None) -> list[tuple[
     names = sorted((r for r in files if "songci/ci.song." in r), key=_ci_order)
     if not names:
         raise SystemExit(f"{source} holds no Song ci (dist/songci/ci.song.*.json)")
-    seen: set[str] = set()
-    ci: list[tuple[str, str]] = []
-    for rel in names:
-        for entry in json.loads(files[rel]):
-            body = clean_body(entry.get("paragraphs") or [])
-            if not body:
-                continue
-            body = to_simplified(body)
-            if body not in seen:
-                seen.add(body)
-                ci.append((to_simplified((entry.get("rhythmic") or "").strip()), body))
-    return ci
+    return [(to_simplified((entry.get("rhythmic") or "").strip()), body)
+            for entry, body in _new_bodies(files, names, set())]
 
 
 def build(source: Path, song: bool = False) -> dict[str, list[str]]:

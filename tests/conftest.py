@@ -78,3 +78,22 @@ def trained(tmp_path_factory) -> Path:
     config.model = ModelConfig(embed_dim=16, hidden_size=24, num_layers=2, dropout=0.1, tie_weights=True)
     train_corpus(corpus.read_text(encoding="utf-8"), config, d / "ckpt", corpus_path=str(corpus))
     return d / "ckpt"
+
+
+class InterruptAt:
+    """Callbacks that send this process a signal at one step. SIGTERM by default: SIGINT is ignored
+    in a background job, and the suite must pass however it is started."""
+
+    def __init__(self, step, sig=None):
+        import signal
+
+        self.step, self.sig = step, sig or signal.SIGTERM
+
+    def on_start(self, info): ...
+    def on_valid(self, e, model, vocab): ...
+
+    def on_step(self, e):
+        import os
+
+        if e.step == self.step:
+            os.kill(os.getpid(), self.sig)

@@ -1,8 +1,6 @@
 """Devices and precision: what runs on the CPU here, and the GPU paths (skipped without a GPU;
 benchmarks/gpu_check.py runs the rest the day one is lent)."""
 
-import os
-import signal
 
 import pytest
 import torch
@@ -14,9 +12,9 @@ from charlm.cli import app
 from charlm.devices import bf16_supported, resolve_device, resolve_precision
 from charlm.errors import CharLMError
 from charlm.evaluate import evaluate
-from charlm.train import Callbacks, train_corpus
+from charlm.train import train_corpus
 
-from conftest import POEMS, tiny_config
+from conftest import POEMS, InterruptAt, tiny_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
@@ -83,15 +81,6 @@ def test_explicit_cpu_device_trains_and_loads_anywhere(tmp_path):
 
 # -- on a GPU ----------------------------------------------------------------------------------
 
-class _StopAt(Callbacks):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step(self, e):
-        if e.step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 @cuda
 @pytest.mark.parametrize("precision", ["auto", "fp16", "fp32"])
 def test_cuda_training_resumes_and_its_checkpoint_loads_on_the_cpu(tmp_path, precision):
@@ -103,7 +92,7 @@ def test_cuda_training_resumes_and_its_checkpoint_loads_on_the_cpu(tmp_path, pre
 
     torch.backends.cudnn.deterministic = True
     train_corpus(TEXT, cfg(), tmp_path / "a")
-    train_corpus(TEXT, cfg(), tmp_path / "b", callbacks=_StopAt(11))
+    train_corpus(TEXT, cfg(), tmp_path / "b", callbacks=InterruptAt(11))
     train_corpus(TEXT, cfg(), tmp_path / "b", resume=True)
     wa, wb = (load_file(str(tmp_path / d / "resume" / "model.safetensors")) for d in "ab")
     for k in wa:

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from charlm import checkpoint
 from charlm.errors import CharLMError
-from charlm.train import Callbacks, train_corpus
+from charlm.train import train_corpus
 
-from conftest import POEMS, tiny_config
+from conftest import POEMS, InterruptAt, tiny_config
 
 TINY = ["--embed", "16", "--hidden", "24", "--layers", "2", "--dropout", "0.2", "--seq-len", "16",
         "--batch-size", "4", "--precision", "fp32", "--valid-fraction", "0.2", "--threads", "1"]
@@ -140,17 +140,9 @@ def test_resume_keeps_every_setting_and_a_new_budget_extends_the_run(tmp_path):
     out = tmp_path / "ck"
     cfg = tiny_config(max_steps=1000, eval_interval=10, ema=0.9)
 
-    class StopAt(Callbacks):
-        def __init__(self, step):
-            self.step = step
-
-        def on_step(self, e):
-            if e.step == self.step:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    train_corpus(text, cfg, out, callbacks=StopAt(12))
+    train_corpus(text, cfg, out, callbacks=InterruptAt(12))
     # the hint as printed: no other flags. The CLI's defaults (EMA off, 10 epochs) must not leak in.
-    res = train_corpus(text, tiny_config(max_steps=15), out, resume=True, changed={}, callbacks=StopAt(20))
+    res = train_corpus(text, tiny_config(max_steps=15), out, resume=True, changed={}, callbacks=InterruptAt(20))
     assert res.interrupted == "SIGTERM" and res.steps == 20  # the saved budget of 1000 steps, not 15
     saved = checkpoint.read_resume(out)
     assert saved["config"]["train"]["ema"] == 0.9 and saved["config"]["train"]["max_steps"] == 1000

@@ -1,6 +1,5 @@
 import json
 import math
-import os
 import signal
 
 import pytest
@@ -12,7 +11,7 @@ from charlm.config import TrainConfig
 from charlm.errors import CharLMError
 from charlm.train import Callbacks, lr_at, train_corpus
 
-from conftest import POEMS, tiny_config
+from conftest import POEMS, InterruptAt, tiny_config
 
 
 def _text():
@@ -58,18 +57,6 @@ def test_corpus_shorter_than_one_sequence_is_refused(tmp_path):
         train_corpus("春眠\n不觉晓\n", tiny_config(seq_len=64), tmp_path / "ck")
 
 
-class _InterruptAt(Callbacks):
-    """Send this process a signal at one step. SIGTERM by default: SIGINT is ignored in a
-    background job, and the suite must pass however it is started."""
-
-    def __init__(self, step, sig=signal.SIGTERM):
-        self.step, self.sig = step, sig
-
-    def on_step(self, e):
-        if e.step == self.step:
-            os.kill(os.getpid(), self.sig)
-
-
 @pytest.mark.parametrize("variant", [{}, {"cell": "gru", "conv_kernel": 3, "residual": True}, {"ema": 0.9}])
 def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, variant):
     """SIGINT saves a resumable checkpoint; --resume continues with the same data order, RNG
@@ -85,7 +72,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, variant):
     straight = train_corpus(_text(), cfg(), tmp_path / "a")
     assert straight.interrupted is None
     before = signal.getsignal(signal.SIGTERM)
-    part = train_corpus(_text(), cfg(), tmp_path / "b", callbacks=_InterruptAt(13))
+    part = train_corpus(_text(), cfg(), tmp_path / "b", callbacks=InterruptAt(13))
     assert part.interrupted == "SIGTERM" and part.steps == 13
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back as it was
     resumed = train_corpus(_text(), cfg(), tmp_path / "b", resume=True)
@@ -133,12 +120,12 @@ def test_a_hangup_stops_the_run_like_sigterm_unless_it_was_ignored(tmp_path, sig
     before = signal.getsignal(sig)
     try:
         signal.signal(sig, lambda *a: None)  # an ordinary handler: the run takes the signal over
-        res = train_corpus(_text(), tiny_config(max_steps=20), tmp_path / "a", callbacks=_InterruptAt(5, sig))
+        res = train_corpus(_text(), tiny_config(max_steps=20), tmp_path / "a", callbacks=InterruptAt(5, sig))
         assert res.interrupted == signal.Signals(sig).name and res.steps == 5
         assert checkpoint.read_resume(tmp_path / "a")["step"] == 5
         # ignored when the run starts (nohup, a background job): it stays ignored, the run goes on
         signal.signal(sig, signal.SIG_IGN)
-        res = train_corpus(_text(), tiny_config(max_steps=20), tmp_path / "b", callbacks=_InterruptAt(5, sig))
+        res = train_corpus(_text(), tiny_config(max_steps=20), tmp_path / "b", callbacks=InterruptAt(5, sig))
         assert res.interrupted is None and res.steps == 20
         assert signal.getsignal(sig) is signal.SIG_IGN
     finally:
