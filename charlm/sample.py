@@ -256,6 +256,34 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
 DIVERSITY = 1.0  # nats taken off a beam group's candidate for each earlier group that chose its character
 
 
+def _diverse_step(cand: torch.Tensor, G: int, w: int, han: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of diverse beam search: from the (W, V) candidate scores, each group of ``w`` rows
+    in turn keeps its ``w`` best continuations, a candidate losing DIVERSITY nats for each earlier
+    group that chose its (Han) character this step. Returns the source row, the character and the
+    model's own score of each kept row (a group with nothing left keeps dead rows at −inf)."""
+    V = cand.size(1)
+    chosen = torch.zeros(V, dtype=torch.float64)
+    pick_rows, pick_toks, pick_scores = [], [], []
+    for g in range(G):
+        c = cand[g * w : (g + 1) * w]
+        k = min(w, int(torch.isfinite(c).sum()))
+        if k == 0:  # this group has nothing left: keep dead rows
+            pick_rows.append(torch.full((w,), g * w)), pick_toks.append(torch.full((w,), EOS_ID))
+            pick_scores.append(torch.full((w,), -math.inf, dtype=torch.float64))
+            continue
+        top = torch.topk((c - DIVERSITY * chosen).flatten(), k)
+        r, t = top.indices // V, top.indices % V
+        sc = c.flatten()[top.indices]
+        if k < w:
+            pad = w - k
+            r, t = torch.cat([r, r[:1].repeat(pad)]), torch.cat([t, t[:1].repeat(pad)])
+            sc = torch.cat([sc, torch.full((pad,), -math.inf, dtype=torch.float64)])
+        chosen.index_add_(0, t[:k], han[t[:k]].double())
+        pick_rows.append(r + g * w), pick_toks.append(t), pick_scores.append(sc)
+    return torch.cat(pick_rows), torch.cat(pick_toks), torch.cat(pick_scores)
+
+
 def beam_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: PoemSpec, beam: int,
                table=None, lines: set[str] | None = None, no_repeat: bool = True,
                groups: int | None = None, quantize: bool = False) -> list[Result]:
@@ -279,7 +307,6 @@ def beam_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: PoemSp
     w = beam // G
     W = G * w
     steps = con.steps_needed()
-    V = len(vocab)
     # each group starts from the prompt's starting states; copies beyond them start dead (-inf)
     first = [starts[i % len(starts)] for i in range(w)]
     rows = con.rows(first * G)
@@ -297,25 +324,7 @@ def beam_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: PoemSp
             if rep is not None:
                 allowed = rep.restrict(allowed)
             cand = (scores[:, None] + raw.double()).masked_fill(~allowed, -math.inf)  # (W, V)
-            chosen = torch.zeros(V, dtype=torch.float64)
-            pick_rows, pick_toks, pick_scores = [], [], []
-            for g in range(G):
-                c = cand[g * w : (g + 1) * w]
-                k = min(w, int(torch.isfinite(c).sum()))
-                if k == 0:  # this group has nothing left: keep dead rows
-                    pick_rows.append(torch.full((w,), g * w)), pick_toks.append(torch.full((w,), EOS_ID))
-                    pick_scores.append(torch.full((w,), -math.inf, dtype=torch.float64))
-                    continue
-                top = torch.topk((c - DIVERSITY * chosen).flatten(), k)
-                r, t = top.indices // V, top.indices % V
-                sc = c.flatten()[top.indices]
-                if k < w:
-                    pad = w - k
-                    r, t = torch.cat([r, r[:1].repeat(pad)]), torch.cat([t, t[:1].repeat(pad)])
-                    sc = torch.cat([sc, torch.full((pad,), -math.inf, dtype=torch.float64)])
-                chosen.index_add_(0, t[:k], con.han[t[:k]].double())
-                pick_rows.append(r + g * w), pick_toks.append(t), pick_scores.append(sc)
-            idx, tok, scores = torch.cat(pick_rows), torch.cat(pick_toks), torch.cat(pick_scores)
+            idx, tok, scores = _diverse_step(cand, G, w, con.han)
             if not bool(torch.isfinite(scores).any()):
                 raise CharLMError("no poem satisfies all the constraints with this model's vocabulary")
             rows = con.advance_rows(rows.take(idx), tok)
@@ -329,14 +338,15 @@ def beam_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: PoemSp
                 break
             logits, state = _step(net, tok, state)
     texts = _texts(vocab, prompt, toks)
+    order = torch.argsort(scores, descending=True).tolist()
     results, seen = [], set()
-    for i in torch.argsort(scores, descending=True).tolist():
+    for i in order:
         if texts[i] not in seen and math.isfinite(float(scores[i])):
             seen.add(texts[i])
             results.append(Result(texts[i], float(scores[i]), steps, con.pattern_name(rows, i)))
     # one poem per group first (the best of each), then the rest by score
     best_of_group = {}
-    for r_i in torch.argsort(scores, descending=True).tolist():
+    for r_i in order:
         best_of_group.setdefault(r_i // w, r_i)
     firsts = [texts[i] for i in best_of_group.values()]
     results.sort(key=lambda r: (r.text not in firsts, -r.score))
