@@ -12,6 +12,7 @@ same step a single process takes on the whole batch. Rank 0 alone decides when t
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -96,6 +97,7 @@ def start(dist: Dist, device: torch.device) -> None:
 
 def stop(dist: Dist) -> None:
     if dist.world > 1 and td.is_initialized():
+        gc.collect()  # a wrapper caught in a reference cycle would otherwise outlive its group
         td.destroy_process_group()
 
 

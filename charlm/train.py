@@ -596,9 +596,15 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
                 raise refused or CharLMError("process 0 of the launch refused to start the run (see its message)")
             run = Run(prep, out, device, precision, cb, resume, dist)
             try:
-                return _loop(run)
+                result = _loop(run)
             finally:
                 run.log.close()
+            # gloo's worker threads must be idle and unreferenced before the group goes: drop the
+            # DistributedDataParallel wrapper, then wait until every process is done (process 0
+            # validates and saves last), so none tears the group down under another
+            del run
+            dist.barrier()
+            return result
     finally:
         distributed.stop(dist)
 
