@@ -99,7 +99,8 @@ def _check_finite(lse: torch.Tensor) -> None:
 SMALL_BATCH = 16  # rows up to which one thread decodes faster than several (benchmarks/decode_speed.py)
 # Dynamic int8 weights pay for their 0.2 s of quantising only on enough work: this many rows, or
 # this many steps (benchmarks/decode_speed.py: a step of the shipped model, 1 row: 3.1 ms in fp32,
-# 0.7 ms in int8; 64 rows: 10.2 ms and 2.8 ms).
+# 0.7 ms in int8; 64 rows: 10.2 ms and 2.8 ms). A free sample's length is unknown until it ends, so
+# it switches to int8 only once it has run this many steps: most poems end sooner and never pay.
 QUANTIZE_MIN_ROWS, QUANTIZE_MIN_STEPS = 8, 100
 
 
@@ -113,8 +114,8 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
 
 
 def decoder(model: CharLM, rows: int, steps: int, quantize: bool) -> torch.nn.Module:
-    """The module that decodes: the model itself, or, with ``quantize`` on a CPU and enough work,
-    a copy whose LSTM/GRU and linear layers hold dynamic int8 weights (the embedding stays fp32).
+    """The module that decodes ``rows`` rows for ``steps`` steps known to be done or ahead: the
+    model itself, or, with ``quantize`` on a CPU and enough work, a copy whose LSTM/GRU and linear layers hold dynamic int8 weights (the embedding stays fp32).
     On the shipped model it moves validation bpc by +0.004 (README, Benchmarks). The copy is made
     once per model, so the model must not be trained afterwards (the CLI's loaded checkpoints)."""
     if not quantize or model_device(model).type != "cpu" or (rows < QUANTIZE_MIN_ROWS and steps < QUANTIZE_MIN_STEPS):
@@ -205,7 +206,8 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
     logp = torch.zeros(B, dtype=torch.float64)
     count = torch.zeros(B, dtype=torch.long)
     finished = torch.zeros(B, dtype=torch.bool)
-    net = decoder(model, B, max_steps, quantize)
+    known = con.steps_needed() if con is not None else None  # a form's poems run exactly this long
+    net = decoder(model, B, known or 0, quantize)
     with _decoding(model, B):
         logits, state = _prime(net, vocab, prompt, B)
         for i in range(max_steps):
@@ -243,6 +245,8 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
                 rep.feed(tok)
             if bool(finished.all()):
                 break
+            if i + 1 == QUANTIZE_MIN_STEPS and net is model:
+                net = decoder(model, B, i + 1, quantize)  # a long one after all
             logits, state = _step(net, tok, state)
     if spec.acrostic and spec.form is None and not bool(finished.all()):  # a form's step count always suffices
         raise CharLMError(f"a poem did not reach the end of its acrostic within --max-chars {settings.max_chars}; "

@@ -103,6 +103,24 @@ def test_int8_decoding_is_used_only_for_enough_work_and_leaves_the_model_alone(t
     assert ck.model.training is False and "int8" not in "".join(ck.model.state_dict())
 
 
+def test_a_free_sample_switches_to_int8_only_once_it_has_run_long(trained):
+    from charlm.sample import QUANTIZE_MIN_ROWS, QUANTIZE_MIN_STEPS, sample_poems
+
+    def run(quantize, temperature):
+        ck = checkpoint.load(trained)  # a fresh model: no int8 copy cached on it
+        out = sample_poems(ck.model, ck.vocab, "", QUANTIZE_MIN_ROWS - 1,
+                           settings=SampleSettings(temperature=temperature, max_chars=QUANTIZE_MIN_STEPS + 60),
+                           generator=torch.Generator().manual_seed(3), quantize=quantize)
+        return [r.text for r in out], "_int8_copy" in ck.model.__dict__
+
+    short, made = run(True, 0.8)  # poems that end long before --max-chars never pay for quantising
+    assert max(map(len, short)) < QUANTIZE_MIN_STEPS and not made
+    long, made = run(True, 50.0)
+    plain, _ = run(False, 50.0)
+    assert made and max(map(len, long)) > QUANTIZE_MIN_STEPS  # a row ran past the switch
+    assert [t[:QUANTIZE_MIN_STEPS] for t in long] == [t[:QUANTIZE_MIN_STEPS] for t in plain]  # the model's own weights until then
+
+
 @pytest.mark.skipif(not is_checkpoint(shipped_checkpoint()), reason="shipped model not present")
 def test_int8_weights_move_the_shipped_models_bpc_by_under_a_hundredth():
     from charlm.evaluate import evaluate, validation_text
