@@ -239,6 +239,52 @@ def save(path: str | Path, model: CharLM, config: Config, vocab: Vocab, *, metri
     return p
 
 
+def export(src: str | Path, dest: str | Path, *, bf16: bool = False, corpus: str | None = None) -> Path:
+    """A standalone copy of ``src``'s checkpoint in the new folder ``dest``, its files flat (as the
+    shipped models hold them), with the run's metrics.jsonl when there is one. ``bf16`` stores the
+    weights in bfloat16 (half the size; they load into a model of any precision). ``corpus``
+    records another path for the training corpus, accepted only when its text is the recorded one
+    (the same SHA-256), so `charlm eval` still rebuilds the right validation split."""
+    from charlm.data import read_corpus, sha256_text
+    from charlm.vocab import normalize
+
+    src, dest = Path(src), Path(dest)
+    if dest.exists() or dest.is_symlink():
+        raise CharLMError(f"{dest} already exists; give a new folder")
+    ck = load(src)  # the whole checkpoint checked before anything is written
+    unit = unit_dir(src)
+    meta = read_json_file(unit / CONFIG, "config.json")
+    if corpus is not None:
+        text = normalize(read_corpus(corpus), ck.vocab.script)
+        if sha256_text(text) != meta.get("corpus", {}).get("sha256"):
+            raise CharLMError(f"{corpus} is not the text this checkpoint was trained on (its SHA-256 differs)")
+        meta["corpus"]["path"] = str(corpus)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        with safe_open(str(unit / WEIGHTS), "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            file_meta = f.metadata()
+        if bf16:
+            tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()}
+        save_file(tensors, str(tmp / WEIGHTS), metadata=file_meta)
+        shutil.copyfile(unit / VOCAB, tmp / VOCAB)
+        if (unit / LINES).is_file():
+            shutil.copyfile(unit / LINES, tmp / LINES)
+        if (src / METRICS).is_file():
+            shutil.copyfile(src / METRICS, tmp / METRICS)
+        _write_json(tmp / CONFIG, meta)
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        os.rename(tmp, dest)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CharLMError(f"could not write {str(dest)!r} ({e.strerror or e}); nothing was written there") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
 def read_file(path: Path, what: str, max_bytes: int) -> bytes:
     """The bytes of ``path``, which must be a regular file of at most ``max_bytes``.
 
