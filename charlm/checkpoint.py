@@ -639,13 +639,15 @@ def exclusive(path: Path) -> Iterator[None]:
 
 
 def find_default(explicit: str | Path | None) -> tuple[Path, str]:
-    """Which checkpoint generate/eval use, and why: --checkpoint, else the newest under
-    ./checkpoints/, else the default model shipped with charlm."""
+    """Which checkpoint generate/eval use, and why: --checkpoint, else the newest run under
+    ./checkpoints/ (the shipped models a source checkout keeps there do not count), else the
+    default model shipped with charlm."""
     if explicit is not None:
         return Path(explicit), "given with --checkpoint"
     local = Path("checkpoints")
     if local.is_dir():
-        found = [d for d in local.iterdir() if d.is_dir() and is_checkpoint(d)]
+        shipped = {p.resolve() for p in shipped_models().values()}  # a source checkout's own checkpoints/
+        found = [d for d in local.iterdir() if d.is_dir() and is_checkpoint(d) and d.resolve() not in shipped]
         if found:
             newest = max(found, key=lambda d: config_path(d).stat().st_mtime)
             return newest, "newest under ./checkpoints/"

@@ -145,6 +145,26 @@ def test_the_installed_package_is_looked_in_before_the_source_checkout(tmp_path,
         checkpoint.find_default(None)
 
 
+def test_in_a_source_checkout_the_shipped_default_beats_a_newer_shipped_model(tmp_path, monkeypatch):
+    """A checkout's checkpoints/ holds every shipped model: there, "the newest under ./checkpoints/"
+    must not pick one of them over the default that shipped.json names; a run of the user's does."""
+    root = tmp_path / "src"
+    package = root / "charlm"
+    package.mkdir(parents=True)
+    (root / "pyproject.toml").write_text("", encoding="utf-8")
+    (package / "shipped.json").write_text('{"default": "a", "models": ["a", "b"]}', encoding="utf-8")
+    (root / "checkpoints").mkdir()
+    for name in ("a", "b"):  # flat, as the shipped models are committed
+        os.rename(checkpoint.unit_dir(_save(tmp_path / "run" / name, hidden=12, bpc=3.0)), root / "checkpoints" / name)
+    os.utime(root / "checkpoints" / "a" / checkpoint.CONFIG, (1, 1))  # b is newer
+    monkeypatch.setattr(checkpoint, "PACKAGE", package)
+    monkeypatch.chdir(root)
+    path, why = checkpoint.find_default(None)
+    assert path == root / "checkpoints" / "a" and "shipped" in why
+    mine = _save(root / "checkpoints" / "mine", hidden=12, bpc=3.0)
+    assert checkpoint.find_default(None)[0].resolve() == mine.resolve()
+
+
 def test_every_tampered_checkpoint_of_the_hostile_matrix_is_listed_without_a_traceback(trained, tmp_path, monkeypatch):
     """The 55 tampered checkpoints of test_hostile_checkpoints side by side under ./checkpoints/: one
     listing names each; what config.json shows is a sentence, the rest waits for load to find."""
