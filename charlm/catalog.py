@@ -34,6 +34,8 @@ class ModelInfo:
     parameters: int | None = None
     valid_bpc: float | None = None
     problem: str | None = None  # why it cannot be used, for a broken checkpoint
+    task: str = "lm"  # or "classify" (charlm classify)
+    valid_accuracy: float | None = None  # a classifier's, on its validation subset
 
     def to_dict(self) -> dict:
         return {**asdict(self), "path": str(self.path)}
@@ -76,9 +78,11 @@ def describe(path: Path, name: str, source: str, default: bool = False) -> Model
                          problem=f"checkpoint {str(path)!r} cannot be read ({e.strerror or e})")
     corpus = meta.get("corpus", {})
     chars = _number(corpus.get("characters"))
+    metrics = meta.get("metrics", {})
     return ModelInfo(name, path, source, default, corpus=corpus.get("path"),
                      corpus_chars=int(chars) if chars is not None else None, size_bytes=size,
-                     parameters=parameters, valid_bpc=_number(meta.get("metrics", {}).get("valid_bpc")))
+                     parameters=parameters, valid_bpc=_number(metrics.get("valid_bpc")),
+                     task=checkpoint.task_of(meta), valid_accuracy=_number(metrics.get("valid_accuracy")))
 
 
 def _looks_like_checkpoint(d: Path) -> bool:

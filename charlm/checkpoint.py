@@ -663,7 +663,7 @@ def find_default(explicit: str | Path | None, task: str = TASK_LM) -> tuple[Path
         if found:
             newest = max(found, key=lambda d: config_path(d).stat().st_mtime)
             return newest, "newest under ./checkpoints/"
-    shipped = shipped_checkpoint(task)
+    shipped = shipped_checkpoint() if task == TASK_LM else shipped_checkpoint(task)
     if is_checkpoint(shipped):
         return shipped, "the model shipped with charlm"
     if task == TASK_CLASSIFY:

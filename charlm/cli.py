@@ -1003,8 +1003,9 @@ def models(as_json: JsonOpt = False) -> None:
         corpus = _literal(m.corpus or "–")
         if m.corpus_chars is not None:
             corpus.append(f"\n{m.corpus_chars:,} characters", style="dim")
-        table.add_row("*" if m.default else "", model, corpus, _bytes(m.size_bytes), f"{m.parameters:,}",
-                      "–" if m.valid_bpc is None else f"{m.valid_bpc:.3f}")
+        score = ("–" if m.valid_bpc is None else f"{m.valid_bpc:.3f}") if m.task == "lm" else \
+            "classifier" + ("" if m.valid_accuracy is None else f"\naccuracy {m.valid_accuracy:.1%}")
+        table.add_row("*" if m.default else "", model, corpus, _bytes(m.size_bytes), f"{m.parameters:,}", score)
     Console().print(table)
 
 
