@@ -70,6 +70,11 @@ def describe(path: Path, name: str, source: str, default: bool = False) -> Model
             raise CharLMError(f"checkpoint {str(path)!r} has " + (f"a {checkpoint.WEIGHTS} that is not a regular file"
                               if os.path.lexists(weights) else f"no {checkpoint.WEIGHTS}"))
         parameters = planned_size(config.model)
+        if checkpoint.task_of(meta) == checkpoint.TASK_CLASSIFY:  # the encoder's, and the head's
+            from charlm.classifier import ClassifierConfig, classifier_shapes
+
+            parameters = sum(math.prod(s) for s in classifier_shapes(config.model, ClassifierConfig.from_dict(
+                meta["classifier"])).values())
         size = _unit_size(d)
     except CharLMError as e:
         return ModelInfo(name, path, source, default, problem=str(e))

@@ -340,6 +340,14 @@ class ClassValidEvent:
     improved: bool
     poems: int
 
+    @property
+    def valid_bpc(self) -> float:  # bits per poem: what a language model's logs (TensorBoard) plot
+        return self.valid_loss / LN2
+
+    @property
+    def best_bpc(self) -> float:
+        return self.best_loss / LN2
+
 
 @dataclass
 class ClassifyResult:

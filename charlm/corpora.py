@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, poems in corpora.items():
         with io.open(args.out / name, "w", encoding="utf-8", newline="\n") as f:
             f.write("\n".join(poems) + "\n")
-        s = stats(poems)
+        s = stats([line.split("\t", 1)[-1] for line in poems] if name.endswith(".tsv") else poems)
         print(f"{name}: {s['poems']} poems, {s['characters']} characters "
               f"({s['han_characters']} Han), {s['distinct_characters']} distinct", file=sys.stderr)
 
