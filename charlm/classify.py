@@ -34,9 +34,9 @@ from charlm.config import Config
 from charlm.data import iter_text, split_indices
 from charlm.devices import grad_scaler, resolve_device, resolve_precision, rng_states, set_rng_states
 from charlm.errors import CharLMError, describe
-from charlm.model import count_parameters
+from charlm.model import count_parameters, planned_size
 from charlm.train import (Budget, Callbacks, MetricsLog, StartInfo, StepEvent, TrainState, _catch_signals, _claim,
-                          _finite, _output_dir, build_model, lr_at, make_optimizer, resume_config, train_step)
+                          _finite, _output_dir, lr_at, make_optimizer, resume_config, train_step)
 from charlm.vocab import EOS_ID, Vocab, detect_script, normalize
 
 LN2 = math.log(2.0)
@@ -369,7 +369,7 @@ class _Run:
         self.prep, self.out, self.device, self.precision, self.cb = prep, out, device, precision, cb
         tc = prep.config.train
         torch.manual_seed(tc.seed)
-        build_model(prep.config)  # a sentence, not an allocation failure, for an impossible size
+        planned_size(prep.config.model)  # a sentence, not an allocation failure, for an impossible size
         self.model = CharClassifier(prep.config.model, prep.classifier)
         if prep.init is not None:
             self.model.encoder.load_state_dict(prep.init)

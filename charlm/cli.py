@@ -264,6 +264,10 @@ def train(
             raise CharLMError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
         if task == "lm" and (init_from is not None or ctx.get_parameter_source("pooling").name != "DEFAULT"):
             raise CharLMError(f"{'--init-from' if init_from is not None else '--pooling'} needs --task classify")
+        model_flags = [flag for name, flag in _given_options(ctx).items() if name.startswith("model.")]
+        if init_from is not None and model_flags:
+            raise CharLMError(f"{model_flags[0]} cannot be given with --init-from: the model's settings are "
+                              f"those of the language model it starts from")
         config = Config(
             ModelConfig(embed_dim=embed, hidden_size=hidden, num_layers=layers, dropout=dropout, tie_weights=tie,
                         cell=cell, conv_kernel=conv_kernel, residual=residual, embed_dropout=embed_dropout,

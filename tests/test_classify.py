@@ -8,7 +8,6 @@ import json
 import math
 import os
 import random
-from pathlib import Path
 
 import pytest
 import torch

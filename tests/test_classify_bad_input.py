@@ -46,6 +46,8 @@ def files(tmp_path_factory):
     (["train", "--task", "classify", "{d}/good.tsv", "--init-from", "{d}/clf"],
      "is a classifier, not a language model"),
     (["train", "--task", "classify", "{d}/good.tsv", "--init-from", "{d}/nowhere"], "does not exist"),
+    (["train", "--task", "classify", "{d}/good.tsv", "--init-from", "{d}/clf", "--cell", "gru"],
+     "--cell cannot be given with --init-from"),
     (["train", "{d}/good.tsv", "--out", "{d}/clf", "--resume"], "trains a classifier; resume it with --task classify"),
     (["eval", "--checkpoint", "{d}/clf", "--corpus", "{d}/unknown.tsv"], "has label 'c', which this classifier does not know"),
     (["eval", "--checkpoint", "{d}/clf", "--corpus", "{d}/notab.tsv"], "has no tab"),
@@ -58,7 +60,8 @@ def files(tmp_path_factory):
     (["classify", "--checkpoint", "{d}/clf", "春", "--device", "tpu"], "device"),
 ])
 def test_bad_input_is_one_sentence_and_exit_1(files, args, message):
-    r = runner.invoke(app, [a.format(d=files) for a in args] + (TINY if args[0] == "train" else []))
+    tiny = TINY if args[0] == "train" and "--init-from" not in args else []  # --init-from takes the model's
+    r = runner.invoke(app, [a.format(d=files) for a in args] + tiny)
     assert r.exit_code == 1, (r.exit_code, r.stderr, r.exception)
     assert message.format(d=files) in r.stderr
     assert "Traceback" not in r.stderr and r.stdout == ""
