@@ -205,24 +205,21 @@ class NaiveBayes:
     the characters of the training poems (others are ignored)."""
 
     def __init__(self, texts: list[str], y: list[int], n_labels: int) -> None:
-        chars = sorted({c for t in texts for c in t})
+        per_label = [Counter() for _ in range(n_labels)]
+        for label in range(n_labels):  # one pass over each label's poems joined: fast on 100,000 poems
+            per_label[label].update("".join(t for t, k in zip(texts, y) if k == label))
+        chars = sorted(set().union(*per_label))
         self.index = {c: i for i, c in enumerate(chars)}
-        counts = np.zeros((n_labels, len(chars)))
-        for t, label in zip(texts, y):
-            for c, n in Counter(t).items():
-                counts[label, self.index[c]] += n
+        counts = np.array([[per_label[k][c] for c in chars] for k in range(n_labels)], dtype=np.float64)
+        counts = counts.reshape(n_labels, len(chars))
         prior = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_labels).astype(float)
         with np.errstate(divide="ignore"):
             self.log_prior = np.log(prior / prior.sum())
         self.log_theta = np.log((counts + 1) / (counts.sum(1, keepdims=True) + len(chars)))
 
     def log_scores(self, text: str) -> np.ndarray:
-        s = self.log_prior.copy()
-        for c, n in Counter(text).items():
-            i = self.index.get(c)
-            if i is not None:
-                s += n * self.log_theta[:, i]
-        return s
+        ids = [i for i in map(self.index.get, text) if i is not None]
+        return self.log_prior + self.log_theta[:, ids].sum(1)
 
     def predict(self, texts: list[str]) -> list[int]:
         return [int(np.argmax(self.log_scores(t))) for t in texts]

@@ -211,3 +211,23 @@ def test_tang_song_drops_shared_poems_and_balances_the_classes():
     assert poems[:3] == ["t1", "t2", "t3"] and set(poems[3:]) <= {"s1", "s2", "s3", "s4", "s5"}
     assert poems[3:] == [p for p in song if p in poems[3:]]  # in source order
     assert tang_song(tang, song, seed=5) == lines and tang_song(tang, song, seed=6) != lines
+
+
+SHIPPED = checkpoint.shipped_checkpoint("classify")
+
+
+@pytest.mark.skipif(not checkpoint.is_checkpoint(SHIPPED), reason="shipped classifier not present")
+def test_the_shipped_classifier_is_the_default_of_classify_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./checkpoints/ of the user's
+    poems = ["床前明月光，疑是地上霜。举头望明月，低头思故乡。",  # 李白
+             "横看成岭侧成峰，远近高低各不同。不识庐山真面目，只缘身在此山中。"]  # 苏轼
+    r = run("classify", "--json", poems[0])
+    assert r.exit_code == 0, r.stderr
+    assert f"checkpoint: {SHIPPED} (the model shipped with charlm)" in r.stderr
+    assert json.loads(r.stdout)["results"][0]["label"] == "tang"
+    r = run("classify", poems[1])
+    assert r.stdout.startswith("song\t")
+    r = run("generate", "--max-chars", 5, "--seed", 1)
+    assert r.exit_code == 0 and f"{checkpoint.shipped_checkpoint()} (the model shipped with charlm)" in r.stderr
+    size = sum(f.stat().st_size for f in SHIPPED.iterdir() if f.name != "metrics.jsonl")
+    assert size <= 4 * 10**6  # several models share the wheel's 60 MB
