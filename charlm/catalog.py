@@ -34,6 +34,8 @@ class ModelInfo:
     parameters: int | None = None
     valid_bpc: float | None = None
     problem: str | None = None  # why it cannot be used, for a broken checkpoint
+    task: str = "lm"  # or "classify" (charlm classify)
+    valid_accuracy: float | None = None  # a classifier's, on its validation subset
 
     def to_dict(self) -> dict:
         return {**asdict(self), "path": str(self.path)}
@@ -68,6 +70,11 @@ def describe(path: Path, name: str, source: str, default: bool = False) -> Model
             raise CharLMError(f"checkpoint {str(path)!r} has " + (f"a {checkpoint.WEIGHTS} that is not a regular file"
                               if os.path.lexists(weights) else f"no {checkpoint.WEIGHTS}"))
         parameters = planned_size(config.model)
+        if checkpoint.task_of(meta) == checkpoint.TASK_CLASSIFY:  # the encoder's, and the head's
+            from charlm.classifier import ClassifierConfig, classifier_shapes
+
+            parameters = sum(math.prod(s) for s in classifier_shapes(config.model, ClassifierConfig.from_dict(
+                meta["classifier"])).values())
         size = _unit_size(d)
     except CharLMError as e:
         return ModelInfo(name, path, source, default, problem=str(e))
@@ -76,9 +83,11 @@ def describe(path: Path, name: str, source: str, default: bool = False) -> Model
                          problem=f"checkpoint {str(path)!r} cannot be read ({e.strerror or e})")
     corpus = meta.get("corpus", {})
     chars = _number(corpus.get("characters"))
+    metrics = meta.get("metrics", {})
     return ModelInfo(name, path, source, default, corpus=corpus.get("path"),
                      corpus_chars=int(chars) if chars is not None else None, size_bytes=size,
-                     parameters=parameters, valid_bpc=_number(meta.get("metrics", {}).get("valid_bpc")))
+                     parameters=parameters, valid_bpc=_number(metrics.get("valid_bpc")),
+                     task=checkpoint.task_of(meta), valid_accuracy=_number(metrics.get("valid_accuracy")))
 
 
 def _looks_like_checkpoint(d: Path) -> bool:

@@ -7,7 +7,8 @@ A training run's output directory::
         vocab.json          the vocabulary (charlm.vocab) with its training-text counts
         lines.txt           the training text's lines, for --novel and copy rates
         config.json         {"format_version": 1, "config": {...}, "metrics": {...},
-                             "corpus": {...}, "versions": {...}}
+                             "corpus": {...}, "versions": {...}}; a classifier's also has
+                             "classifier": {"labels": [...], "pooling": ...} (charlm.classifier)
     <out>/resume -> .resume.<token>/  everything `charlm train --resume` needs
         model.safetensors   the latest weights
         state.safetensors   optimizer moments, RNG state, carried recurrent state, averaged weights
@@ -26,6 +27,7 @@ Nothing is unpickled: weights are safetensors, everything else JSON.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import fcntl
@@ -81,6 +83,7 @@ class Checkpoint:
     corpus: dict = field(default_factory=dict)
     counts: list[int] | None = None  # training-text frequency of each vocabulary entry
     lines: set[str] | None = None  # the training text's lines (clauses), for --novel and copy rates
+    classifier: object | None = None  # a ClassifierConfig for a classifier (then model is a CharClassifier)
 
 
 def _fsync(path: Path) -> None:
@@ -213,9 +216,11 @@ def _vocab_data(vocab: Vocab, counts: list[int] | None) -> dict:
 
 
 def save(path: str | Path, model: CharLM, config: Config, vocab: Vocab, *, metrics: dict | None = None,
-         corpus: dict | None = None, counts: list[int] | None = None, lines: set[str] | str | None = None) -> Path:
+         corpus: dict | None = None, counts: list[int] | None = None, lines: set[str] | str | None = None,
+         classifier: dict | None = None) -> Path:
     """Write a checkpoint unit and make it ``path``'s best. ``lines`` may be pre-rendered
-    (render_lines) when the same lines are saved many times."""
+    (render_lines) when the same lines are saved many times. ``classifier`` (a ClassifierConfig's
+    dict) marks a classifier's checkpoint."""
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
     model = unwrap(model)
@@ -233,6 +238,7 @@ def save(path: str | Path, model: CharLM, config: Config, vocab: Vocab, *, metri
             "metrics": metrics or {},
             "corpus": corpus or {},
             "versions": versions(),
+            **({"classifier": classifier} if classifier is not None else {}),
         })
 
     write_unit(p, BEST, fill, keep_previous=True)
@@ -372,16 +378,18 @@ def _vocab_from(data: dict, what: str) -> tuple[Vocab, list[int] | None]:
         raise CharLMError(f"{what} has an invalid vocab.json: {e}") from None
 
 
-def _check_weights(p: Path, config: Config, what: str) -> dict[str, tuple[int, ...]]:
+def _check_weights(p: Path, config: Config, what: str,
+                   shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
     """Check model.safetensors against the shapes the config needs, reading only its header and
     before any tensor is allocated: the parameter count is capped, the file is a regular file of
     a plausible size, and every tensor is present, expected, floating point and of the right
-    shape. Returns the expected shapes (name → shape)."""
+    shape. Returns the expected shapes (name → shape): ``shapes`` when given (a classifier's)."""
     try:
         n = planned_size(config.model)
     except CharLMError as e:
         raise CharLMError(f"{what} cannot be loaded: {e}") from None
-    shapes = expected_shapes(config.model)
+    shapes = shapes if shapes is not None else expected_shapes(config.model)
+    n += sum(math.prod(s) for s in shapes.values()) - sum(math.prod(s) for s in expected_shapes(config.model).values())
     path = p / WEIGHTS
     try:
         info = path.stat()
@@ -472,20 +480,62 @@ def read_config(path: str | Path) -> tuple[Path, dict, Config]:
     return d, meta, _config_from(meta, what)
 
 
+TASK_LM, TASK_CLASSIFY = "lm", "classify"
+
+
+def task_of(meta: dict) -> str:
+    """What a checkpoint's config.json says it is: a language model, or a classifier."""
+    return TASK_CLASSIFY if "classifier" in meta else TASK_LM
+
+
+def _refuse_task(p: Path, meta: dict, wanted: str) -> None:
+    task = task_of(meta)
+    if task != wanted:
+        raise CharLMError(
+            f"checkpoint {str(p)!r} is a classifier, not a language model; use it with `charlm classify`"
+            if task == TASK_CLASSIFY else
+            f"checkpoint {str(p)!r} is a language model, not a classifier; train one with `charlm train --task classify`")
+
+
 def load(path: str | Path, device: torch.device | str | None = None, *, lines: bool = True) -> Checkpoint:
-    """Read and check a checkpoint; its model goes to ``device`` (the CPU by default), whatever
-    device it was trained on: the weights on disk are plain safetensors. ``lines=False`` skips the
-    training lines (hundreds of MB as a Python set for a corpus of millions of lines)."""
+    """Read and check a language model's checkpoint; its model goes to ``device`` (the CPU by default),
+    whatever device it was trained on: the weights on disk are plain safetensors. ``lines=False``
+    skips the training lines (hundreds of MB as a Python set for a corpus of millions of lines)."""
     p = Path(path)
-    what = f"checkpoint {str(p)!r}"
     d, meta, config = read_config(p)
+    _refuse_task(p, meta, TASK_LM)
+    return _load(p, d, meta, config, device, lines)
+
+
+def load_classifier(path: str | Path, device: torch.device | str | None = None) -> Checkpoint:
+    """Read and check a classifier's checkpoint (charlm.classifier); a language model is refused."""
+    from charlm.classifier import ClassifierConfig
+
+    p = Path(path)
+    d, meta, config = read_config(p)
+    _refuse_task(p, meta, TASK_CLASSIFY)
+    try:
+        classifier = ClassifierConfig.from_dict(meta["classifier"])
+    except CharLMError as e:
+        raise CharLMError(f"checkpoint {str(p)!r} has an invalid config.json: {e}") from None
+    return _load(p, d, meta, config, device, False, classifier)
+
+
+def _load(p: Path, d: Path, meta: dict, config: Config, device, lines: bool, classifier=None) -> Checkpoint:
+    what = f"checkpoint {str(p)!r}"
     vocab_data = read_json_file(d / VOCAB, what)
     vocab, counts = _vocab_from(vocab_data, what)
     if config.model.vocab_size != len(vocab):
         raise CharLMError(f"checkpoint {str(p)!r} is inconsistent: config says {config.model.vocab_size} "
                           f"characters, vocabulary has {len(vocab)}")
-    shapes = _check_weights(d, config, what)
-    model = CharLM(config.model)
+    if classifier is None:
+        shapes = _check_weights(d, config, what)
+        model = CharLM(config.model)
+    else:
+        from charlm.classifier import CharClassifier, classifier_shapes
+
+        shapes = _check_weights(d, config, what, classifier_shapes(config.model, classifier))
+        model = CharClassifier(config.model, classifier)
     try:
         missing, unexpected = load_model(model, str(d / WEIGHTS), strict=False)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
@@ -498,7 +548,7 @@ def load(path: str | Path, device: torch.device | str | None = None, *, lines: b
     if device is not None:
         model.to(device)
     return Checkpoint(model, config, vocab, p, meta.get("metrics", {}), meta.get("corpus", {}),
-                      counts, _read_lines(d, what) if lines else None)
+                      counts, _read_lines(d, what) if lines else None, classifier)
 
 
 def render_lines(lines: set[str]) -> str:
@@ -638,22 +688,36 @@ def exclusive(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def find_default(explicit: str | Path | None) -> tuple[Path, str]:
-    """Which checkpoint generate/eval use, and why: --checkpoint, else the newest run under
-    ./checkpoints/ (the shipped models a source checkout keeps there do not count), else the
-    default model shipped with charlm."""
+def _is_task(d: Path, task: str) -> bool:
+    """Whether the checkpoint in d is of ``task``; a damaged one counts as a language model, as
+    before classifiers existed, so loading it says what is wrong."""
+    try:
+        meta = read_json_file(config_path(d), f"checkpoint {str(d)!r}")
+    except (CharLMError, OSError):
+        return task == TASK_LM
+    return task_of(meta) == task
+
+
+def find_default(explicit: str | Path | None, task: str = TASK_LM) -> tuple[Path, str]:
+    """Which checkpoint generate/eval (or, for ``task`` "classify", classify) use, and why:
+    --checkpoint, else the newest run of that task under ./checkpoints/ (the shipped models a
+    source checkout keeps there do not count), else the one shipped with charlm."""
     if explicit is not None:
         return Path(explicit), "given with --checkpoint"
     local = Path("checkpoints")
     if local.is_dir():
         shipped = {p.resolve() for p in shipped_models().values()}  # a source checkout's own checkpoints/
-        found = [d for d in local.iterdir() if d.is_dir() and is_checkpoint(d) and d.resolve() not in shipped]
+        found = [d for d in local.iterdir()
+                 if d.is_dir() and is_checkpoint(d) and d.resolve() not in shipped and _is_task(d, task)]
         if found:
             newest = max(found, key=lambda d: config_path(d).stat().st_mtime)
             return newest, "newest under ./checkpoints/"
-    shipped = shipped_checkpoint()
+    shipped = shipped_checkpoint() if task == TASK_LM else shipped_checkpoint(task)
     if is_checkpoint(shipped):
         return shipped, "the model shipped with charlm"
+    if task == TASK_CLASSIFY:
+        raise CharLMError("no classifier found: train one with `charlm train --task classify LABELLED.tsv` "
+                          "or pass --checkpoint DIR")
     raise CharLMError("no checkpoint found: train one with `charlm train CORPUS` or pass --checkpoint DIR")
 
 
@@ -689,6 +753,8 @@ def shipped_models() -> dict[str, Path]:
     return {n: p for n in names if is_checkpoint(p := _shipped_path(n))}
 
 
-def shipped_checkpoint() -> Path:
-    """The folder of the default shipped model (which may be missing from this installation)."""
-    return _shipped_path(_shipped_manifest()["default"])
+def shipped_checkpoint(task: str = TASK_LM) -> Path:
+    """The folder of the default shipped model of ``task`` (which may be missing from this
+    installation): shipped.json's "default", or for a classifier its "classify"."""
+    manifest = _shipped_manifest()
+    return _shipped_path(manifest["default"] if task == TASK_LM else manifest.get(task, ""))

@@ -19,8 +19,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from charlm.config import (COMPOSE_CANDIDATES, DEFAULT_EPOCHS, DEVICE_HELP, MAX_COMPOSE_CANDIDATES, SEED_MAX, Config,
-                           ModelConfig, TrainConfig, parse_duration, parse_unk_alpha)
+from charlm.config import (COMPOSE_CANDIDATES, DEFAULT_EPOCHS, DEVICE_HELP, MAX_COMPOSE_CANDIDATES, POOLINGS, SEED_MAX,
+                           Config, ModelConfig, TrainConfig, parse_duration, parse_unk_alpha)
 from charlm.errors import CharLMError
 from charlm.config import SampleSettings
 from charlm.vocab import is_unprintable, printable
@@ -154,6 +154,13 @@ class _Display:
 
         if not self.alive:
             return
+        if hasattr(e, "accuracy"):  # a classifier's validation (charlm.classify.ClassValidEvent)
+            line = Text(f"step {e.step}: validation ({e.poems:,} poems) loss {e.valid_loss:.3f} accuracy ")
+            line.append(f"{e.accuracy:.2%}", style="bold")
+            if e.improved:
+                line.append(" best", style="green")
+            self._show(lambda: self.progress.console.print(line, soft_wrap=True))
+            return
         g = torch.Generator().manual_seed(self.sample_seed)
         was_training = model.training
         try:
@@ -169,6 +176,8 @@ class _Display:
         line.append("  " + printable(sample))
         self._show(lambda: self.progress.console.print(line, soft_wrap=True))
 
+
+TASKS = ("lm", "classify")  # what `charlm train --task` builds
 
 # Each training option and the configuration field it sets: what --resume compares and keeps.
 TRAIN_FIELDS = {
@@ -235,6 +244,9 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out with its saved settings; a new --max-steps, --max-time or --epochs replaces its budget.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh even if --out holds another run, replacing it.")] = False,
     tensorboard: Annotated[Optional[Path], typer.Option(help="Also write the training and validation curves into this folder for TensorBoard (pip install 'charlm[tensorboard]').")] = None,
+    task: Annotated[str, typer.Option(help="lm: a language model of CORPUS; classify: a classifier of CORPUS's label<TAB>poem lines (charlm classify).")] = TASKS[0],
+    init_from: Annotated[Optional[Path], typer.Option(help="--task classify: start the encoder from this language model's checkpoint (its vocabulary and model settings are used).")] = None,
+    pooling: Annotated[str, typer.Option(help=f"--task classify: what the label is read from: {' or '.join(POOLINGS)} (the final state, or the mean of the states).")] = POOLINGS[0],
 ) -> None:
     """Train a character-level LSTM on CORPUS; the best checkpoint by validation bpc goes to --out.
 
@@ -248,6 +260,14 @@ def train(
     try:
         if resume and overwrite:
             raise CharLMError("give either --resume or --overwrite, not both")
+        if task not in TASKS:
+            raise CharLMError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
+        if task == "lm" and (init_from is not None or ctx.get_parameter_source("pooling").name != "DEFAULT"):
+            raise CharLMError(f"{'--init-from' if init_from is not None else '--pooling'} needs --task classify")
+        model_flags = [flag for name, flag in _given_options(ctx).items() if name.startswith("model.")]
+        if init_from is not None and model_flags:
+            raise CharLMError(f"{model_flags[0]} cannot be given with --init-from: the model's settings are "
+                              f"those of the language model it starts from")
         config = Config(
             ModelConfig(embed_dim=embed, hidden_size=hidden, num_layers=layers, dropout=dropout, tie_weights=tie,
                         cell=cell, conv_kernel=conv_kernel, residual=residual, embed_dropout=embed_dropout,
@@ -274,6 +294,19 @@ def train(
                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
                    TimeRemainingColumn(compact=True)]
         display = _Display(Progress(*columns, console=err, transient=False), seed)
+        if task == "classify":
+            from charlm.classify import train_labelled
+
+            try:
+                result = train_labelled(corpus, config, out_dir, pooling=pooling, init_from=init_from,
+                                        callbacks=MultiCallbacks(display, board) if board else display,
+                                        resume=resume, overwrite=overwrite,
+                                        changed=_given_options(ctx) if resume else None)
+            finally:
+                display.close()
+                if board is not None:
+                    board.close()
+            return _classify_summary(result, corpus)
         try:
             result = train_corpus(Source(corpus, encoding), config, out_dir, corpus_path=str(corpus),
                                   callbacks=MultiCallbacks(display, board) if board else display, resume=resume,
@@ -305,6 +338,25 @@ def train(
     _report(table)
     if result.interrupted:
         hint = f"charlm train {shlex.quote(str(corpus))} --out {shlex.quote(str(result.out))} --resume"
+        _report(Text.assemble(f"stopped by {result.interrupted}; continue with: ", _literal(hint)))
+        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
+
+
+def _classify_summary(result, corpus: Path) -> None:
+    table = Table(title="training summary (classifier)", show_header=False)
+    table.add_row("checkpoint", _literal(result.out))
+    table.add_row("steps", f"{result.steps:,} ({result.epochs_done:.2f} epochs)")
+    table.add_row("time", f"{result.elapsed:.0f} s")
+    table.add_row("last training loss (nats/poem)", f"{result.last_train_loss:.3f}")
+    if result.best_accuracy is not None:
+        table.add_row("best validation (subset): loss, accuracy", f"{result.best_valid_loss:.3f}, {result.best_accuracy:.2%}")
+    if result.full is not None:
+        table.add_row(f"accuracy of the best (full split, {result.full.poems:,} poems)", f"{result.full.accuracy:.2%}")
+    if result.skipped:
+        table.add_row("updates skipped (not finite)", f"{result.skipped:,}")
+    _report(table)
+    if result.interrupted:
+        hint = f"charlm train --task classify {shlex.quote(str(corpus))} --out {shlex.quote(str(result.out))} --resume"
         _report(Text.assemble(f"stopped by {result.interrupted}; continue with: ", _literal(hint)))
         raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
 
@@ -687,6 +739,9 @@ def eval_(
     from charlm.evaluate import evaluate, validation_text
 
     _need_stdout("the figures")
+    if poems is None and not generate_n and checkpoint is not None and _is_classifier(checkpoint):
+        _eval_classifier(checkpoint, corpus, encoding, device, as_json)
+        return
     if poems is not None or generate_n:
         _judge(checkpoint, device, poems, generate_n, form, acrostic, rhyme, rhyme_first, tones, novel, best_of, beam,
                temperature, top_k, top_p, seed, no_repeat, encoding, as_json)
@@ -808,6 +863,108 @@ def _corpus_repetition(ckpt):
         return None
 
 
+# -- classify ----------------------------------------------------------------------------------
+
+def _is_classifier(path: Path) -> bool:
+    """Whether --checkpoint names a classifier (anything unreadable is left for loading to explain)."""
+    from charlm import checkpoint
+
+    try:
+        return checkpoint.task_of(checkpoint.read_config(path)[1]) == checkpoint.TASK_CLASSIFY
+    except (CharLMError, OSError):
+        return False
+
+
+def _load_classifier(checkpoint_dir: Optional[Path], device: str):
+    from charlm import checkpoint
+    from charlm.devices import resolve_device
+
+    place = resolve_device(device)
+    path, why = checkpoint.find_default(checkpoint_dir, checkpoint.TASK_CLASSIFY)
+    ckpt = checkpoint.load_classifier(path, device=place)
+    err.print(_literal(f"checkpoint: {path} ({why})", style="dim"), soft_wrap=True)
+    return ckpt
+
+
+def _probs(probs: dict[str, float]) -> str:
+    return " ".join(f"{printable(label)}={p:.3f}" for label, p in probs.items())
+
+
+@app.command("classify")
+def classify_(
+    text: Annotated[Optional[str], typer.Argument(help="A poem to classify.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="Classify every poem of this file, one a line (blank lines skipped).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        "--checkpoint", help="A classifier's checkpoint. Default: the newest classifier under ./checkpoints/, else the shipped one (tang-or-song).")] = None,
+    encoding: EncodingOpt = "utf-8",
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Label a poem with a classifier (sequence to class): print the label and every label's probability.
+
+    One line a poem on stdout: the label, a tab, then label=probability for every label. With
+    --json, one object: {"checkpoint": …, "results": [{"text", "label", "probs"}, …]}.
+    """
+    from charlm.classify import classify
+    from charlm.data import read_corpus
+
+    _need_stdout("the labels")
+    try:
+        if (text is None) == (file is None):
+            raise CharLMError("give either a TEXT to classify or --file FILE, not both" if text is not None
+                              else "give a TEXT to classify or --file FILE with a poem on a line")
+        if file is not None:
+            texts = [line.strip() for line in read_corpus(file, encoding, what="poems file").split("\n") if line.strip()]
+        else:
+            texts = [text.strip()] if text.strip() else []
+        ckpt = _load_classifier(checkpoint, device)
+        unknown = {c: None for t in texts for c in ckpt.vocab.unknown(ckpt.vocab.normalize(t))}
+        if unknown:
+            _say("warning:", "yellow", f"not in the classifier's vocabulary, read as <unk>: {''.join(unknown)}")
+        results = classify(ckpt, texts)
+        if as_json:
+            print(_dumps({"checkpoint": str(ckpt.path),
+                          "results": [{"text": r.text, "label": r.label, "probs": r.probs} for r in results]}))
+            return
+    except CharLMError as e:
+        _fail(str(e))
+        return
+    for r in results:
+        print(f"{printable(r.label)}\t{_probs(r.probs)}", flush=True)
+
+
+def _eval_classifier(checkpoint_dir: Path, corpus: Optional[Path], encoding: str, device: str, as_json: bool) -> None:
+    from charlm.classify import evaluate
+
+    try:
+        ckpt = _load_classifier(checkpoint_dir, device)
+        result = evaluate(ckpt, corpus, encoding)
+        for w in result.warnings:
+            _say("warning:", "yellow", w)
+        if as_json:
+            print(_dumps({"checkpoint": str(ckpt.path), **result.to_dict()}))
+            return
+    except CharLMError as e:
+        _fail(str(e))
+        return
+    out = Console()
+    for name, r in (("classifier", result.model), ("naive Bayes baseline (bag of characters)", result.baseline)):
+        if r is None:
+            continue
+        table = Table(title=_literal(f"{name}: {ckpt.path} on {result.source}"))
+        table.add_column("true \\ predicted")
+        for label in r.labels:
+            table.add_column(_literal(label), justify="right")
+        table.add_column("recall", justify="right")
+        pct = lambda v: "–" if v is None else f"{v:.2%}"  # noqa: E731
+        for label, row in zip(r.labels, r.confusion):
+            table.add_row(_literal(label), *[f"{n:,}" for n in row], pct(r.recall[label]))
+        table.add_row("precision", *[pct(r.precision[label]) for label in r.labels], "")
+        out.print(table)
+        line = f"{name}: accuracy {r.accuracy:.2%} on {r.poems:,} poems"
+        out.print(Text(line + (f", loss {r.loss:.4f} nats/poem" if r.loss is not None else "")))
+
+
 # -- models ------------------------------------------------------------------------------------
 
 def _bytes(n: int) -> str:
@@ -850,8 +1007,9 @@ def models(as_json: JsonOpt = False) -> None:
         corpus = _literal(m.corpus or "–")
         if m.corpus_chars is not None:
             corpus.append(f"\n{m.corpus_chars:,} characters", style="dim")
-        table.add_row("*" if m.default else "", model, corpus, _bytes(m.size_bytes), f"{m.parameters:,}",
-                      "–" if m.valid_bpc is None else f"{m.valid_bpc:.3f}")
+        score = ("–" if m.valid_bpc is None else f"{m.valid_bpc:.3f}") if m.task == "lm" else \
+            "classifier" + ("" if m.valid_accuracy is None else f"\naccuracy {m.valid_accuracy:.1%}")
+        table.add_row("*" if m.default else "", model, corpus, _bytes(m.size_bytes), f"{m.parameters:,}", score)
     Console().print(table)
 
 

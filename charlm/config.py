@@ -28,6 +28,8 @@ SEED_MAX = 2**63 - 1
 # charlm compose: candidate lines shown at a time, and the most it will decode for one request.
 COMPOSE_CANDIDATES = 5
 MAX_COMPOSE_CANDIDATES = 50
+# A classifier's summary of a poem (charlm.classifier): the final recurrent state, or their mean.
+POOLINGS = ("last", "mean")
 
 
 @dataclass

@@ -20,12 +20,19 @@ corpora that are not committed (tens of MB; ``.gitignore`` lists them):
 With ``--ci`` it also reads ``dist/songci/ci.song.*.json`` (the Song ci) and writes ``songci.txt``
 (one ci a line, identical texts kept once) and ``cipai.json``, the tune table ``charlm.cipai``
 learns from them.
+
+With ``--tang-song`` (which implies ``--all``) it also writes ``tang-song.tsv``, the labelled corpus of
+`charlm train --task classify`: one poem a line as ``label<TAB>poem``, labels ``tang`` and ``song``.
+A body found in both dynasties is dropped from both (it cannot be told apart), and the Song side is a
+sample, fixed by ``--seed``, of as many poems as the Tang side has, so the classes are balanced. Not
+committed (about 20 MB; ``.gitignore`` lists it).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import random
 import json
 import re
 import sys
@@ -170,6 +177,21 @@ def build(source: Path, song: bool = False) -> dict[str, list[str]]:
     return corpora
 
 
+TANG_SONG_SEED = 1234  # which Song poems the balanced sample takes
+
+
+def tang_song(tang: list[str], song: list[str], seed: int = TANG_SONG_SEED) -> list[str]:
+    """``label<TAB>poem`` lines: every Tang poem not also among the Song ones, then as many Song
+    poems not among the Tang ones, chosen by ``seed`` and kept in source order (or all of them when
+    there are fewer). Each list is already free of repeats (``_bodies``)."""
+    both = set(tang) & set(song)
+    tang = [p for p in tang if p not in both]
+    song = [p for p in song if p not in both]
+    n = min(len(tang), len(song))
+    chosen = sorted(random.Random(seed).sample(range(len(song)), n))
+    return [f"tang\t{p}" for p in tang[:n]] + [f"song\t{song[i]}" for i in chosen]
+
+
 def stats(poems: list[str]) -> dict[str, int]:
     text = "".join(poems)
     return {
@@ -188,8 +210,14 @@ def main(argv: list[str] | None = None) -> None:
                     help="also write song.txt (全宋诗) and all.txt (Tang and Song), tens of MB, not committed")
     ap.add_argument("--ci", action="store_true",
                     help="also write songci.txt (the Song ci) and cipai.json (the tune table learned from them)")
+    ap.add_argument("--tang-song", action="store_true",
+                    help="also write tang-song.tsv (label<TAB>poem, Tang and Song balanced), ~20 MB, not committed; "
+                         "implies --all")
+    ap.add_argument("--seed", type=int, default=TANG_SONG_SEED, help="which Song poems --tang-song samples")
     args = ap.parse_args(argv)
-    corpora = build(args.source, song=args.all)
+    corpora = build(args.source, song=args.all or args.tang_song)
+    if args.tang_song:
+        corpora["tang-song.tsv"] = tang_song(corpora["tang.txt"], corpora["song.txt"], args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.ci:
         ci = build_ci(args.source)
@@ -201,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, poems in corpora.items():
         with io.open(args.out / name, "w", encoding="utf-8", newline="\n") as f:
             f.write("\n".join(poems) + "\n")
-        s = stats(poems)
+        s = stats([line.split("\t", 1)[-1] for line in poems] if name.endswith(".tsv") else poems)
         print(f"{name}: {s['poems']} poems, {s['characters']} characters "
               f"({s['han_characters']} Han), {s['distinct_characters']} distinct", file=sys.stderr)
 

@@ -122,12 +122,18 @@ def split_poems(text: str, valid_fraction: float, seed: int) -> tuple[list[str],
         body = poems[0] if poems else ""
         cut = max(1, int(len(body) * (1 - valid_fraction)))
         return [body[:cut]], [body[cut:]]
-    n_valid = max(1, round(len(poems) * valid_fraction))
-    order = np.random.default_rng(seed).permutation(len(poems))
-    valid_idx = set(order[:n_valid].tolist())
+    valid_idx = split_indices(len(poems), valid_fraction, seed)
     train = [p for i, p in enumerate(poems) if i not in valid_idx]
     valid = [p for i, p in enumerate(poems) if i in valid_idx]
     return train, valid
+
+
+def split_indices(n: int, valid_fraction: float, seed: int) -> set[int]:
+    """Which of ``n`` poems (n ≥ 2) are held out for validation: the split_poems rule, for callers
+    whose lines carry more than a poem (a label, say)."""
+    n_valid = max(1, round(n * valid_fraction))
+    order = np.random.default_rng(seed).permutation(n)
+    return set(order[:n_valid].tolist())
 
 
 

@@ -754,6 +754,8 @@ def train_corpus(corpus: str | encoded.Source, config: Config, out: str | Path, 
     vocab = None
     if resume:
         saved = checkpoint.read_resume(out)
+        if "classifier" in saved:
+            raise CharLMError(f"the run in {str(out)!r} trains a classifier; resume it with --task classify")
         config = resume_config(Config.from_dict(saved.get("config")), config, changed or {})
         vocab, _ = checkpoint.read_resume_vocab(out)
     prep = prepare(corpus, config, corpus_path, vocab)

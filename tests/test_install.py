@@ -18,7 +18,8 @@ import pytest
 from charlm import checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT = json.loads((ROOT / "charlm" / "shipped.json").read_text(encoding="utf-8"))["default"]
+SHIPPED = json.loads((ROOT / "charlm" / "shipped.json").read_text(encoding="utf-8"))
+DEFAULT = SHIPPED["default"]
 
 
 def _run(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -80,7 +81,17 @@ def test_a_wheel_installed_in_a_fresh_venv_generates_with_the_shipped_model(tmp_
     assert _sha256(installed / "model.safetensors") == _sha256(ROOT / "checkpoints" / DEFAULT / "model.safetensors")
 
     r = _run(venv / "bin" / "charlm", "models", "--json", cwd=empty, env=env)
-    (model,) = json.loads(r.stdout)["models"]
+    model, *others = json.loads(r.stdout)["models"]
     assert (model["name"], model["path"], model["source"], model["default"]) == (DEFAULT, str(installed), "shipped", True)
     assert model["parameters"] > 0 and model["problem"] is None
+    assert [m["name"] for m in others] == [n for n in SHIPPED["models"] if n != DEFAULT]
+    assert all(m["source"] == "shipped" and not m["default"] and m["problem"] is None for m in others)
+
+    # the shipped classifier is the default of charlm classify, and generate's stays the language model
+    r = _run(venv / "bin" / "charlm", "classify", "--json", "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
+             cwd=empty, env=env)
+    classifier = site / "charlm" / "shipped" / SHIPPED["classify"]
+    assert f"checkpoint: {classifier} (the model shipped with charlm)" in r.stderr
+    (result,) = json.loads(r.stdout)["results"]
+    assert result["label"] in result["probs"] and sum(result["probs"].values()) == pytest.approx(1)
     assert os.listdir(empty) == []
