@@ -592,20 +592,38 @@ def exclusive(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def find_default(explicit: str | Path | None) -> tuple[Path, str]:
+def find_default(explicit: str | Path | None, genre: str | None = None) -> tuple[Path, str]:
     """Which checkpoint generate/eval use, and why: --checkpoint, else the newest under
-    ./checkpoints/, else the default model shipped with charlm."""
+    ./checkpoints/, else the default model shipped with charlm. For a form of a ``genre`` (``ci``)
+    that charlm/shipped.json names a model for, that model when it is installed, unless a model of
+    the user's own is newer under ./checkpoints/ (a source checkout's copy of a shipped model is
+    not the user's)."""
+    return choose_checkpoint(explicit, genre)[:2]
+
+
+def choose_checkpoint(explicit: str | Path | None, genre: str | None = None) -> tuple[Path, str, str | None]:
+    """``find_default``'s (path, why), and a warning when a ``genre`` was asked for whose shipped
+    model is not installed, so that the default model (which never read that genre) stands in."""
     if explicit is not None:
-        return Path(explicit), "given with --checkpoint"
+        return Path(explicit), "given with --checkpoint", None
     local = Path("checkpoints")
     if local.is_dir():
         found = [d for d in local.iterdir() if d.is_dir() and is_checkpoint(d)]
         if found:
             newest = max(found, key=lambda d: config_path(d).stat().st_mtime)
-            return newest, "newest under ./checkpoints/"
+            if genre is None or newest.name not in _shipped_manifest()["models"]:
+                return newest, "newest under ./checkpoints/", None
+    wanted = _shipped_manifest().get("genres", {}).get(genre) if genre else None
+    if wanted is not None and is_checkpoint(_shipped_path(wanted)):
+        return _shipped_path(wanted), f"the {genre} model shipped with charlm", None
     shipped = shipped_checkpoint()
     if is_checkpoint(shipped):
-        return shipped, "the model shipped with charlm"
+        warning = None
+        if wanted is not None:
+            warning = (f"the {genre} model {wanted} is not installed, so the default model "
+                       f"{_shipped_manifest()['default']}, which has not read {genre}, writes these; "
+                       "pass --checkpoint for a model trained on them")
+        return shipped, "the model shipped with charlm", warning
     raise CharLMError("no checkpoint found: train one with `charlm train CORPUS` or pass --checkpoint DIR")
 
 

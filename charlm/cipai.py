@@ -366,12 +366,14 @@ def read(path: str | Path) -> CipaiTable:
 
 def tune_form(tune: Tune) -> Form:
     """``tune`` as a poem form: its canonical line lengths and marks, and one pattern — its
-    tones, its rhyme sets and the tone each rhyme line rhymes on — rhyming by 词林正韵 parts."""
+    tones, its rhyme sets and the tone each rhyme line rhymes on — rhyming by 词林正韵 parts.
+    Its punctuation is judged as the table was learned (？！； read as 。, ： as ，), and a ``、``
+    (the pause after a 领字, an editor's mark) as ``，``, which the source writes there as often."""
     n = len(tune.lengths)
     pattern = Pattern(name=tune.name, lines=tune.tones, rhyme_lines=tuple(sorted(tune.rhymes)), tones=tune.tones,
                       rhyme_sets=tune.rhyme_sets, rhyme_tones=tuple(tune.rhymes.get(i, "") for i in range(n)))
     return Form(tune.name, tune.lengths, tune.marks, (pattern,), rhyme_scheme="词林正韵", examples=tune.examples,
-                marks_read=str.maketrans(_MARK_AS))
+                genre="ci", marks_read=str.maketrans({**_MARK_AS, "、": COMMA}))
 
 
 def table_path() -> Path:

@@ -21,7 +21,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from charlm.errors import CharLMError
-from charlm.poetry import COMMA, EITHER, FULL_STOP as PERIOD, LEVEL, LINE_ENDS, OBLIQUE, rhyme_keys
+from charlm.poetry import (COMMA, EITHER, FULL_STOP as PERIOD, LEVEL, LINE_ENDS, OBLIQUE, known_marks,
+                           rhyme_keys)
 from charlm.vocab import EOS_ID, UNK_ID, Vocab, is_han
 
 
@@ -107,7 +108,7 @@ class _Batched:
             for i, tones in enumerate(p.tones):
                 self.pat_tone[k, i, : len(tones)] = torch.tensor([_TONE_CODE[t] for t in tones])
         self.lengths_t = torch.tensor(form.lengths if form is not None else [1], dtype=torch.long)
-        self.mark_ids = torch.tensor(self.vocab.encode(form.marks) if form is not None else [self.period])
+        self.mark_ids = torch.tensor(self.vocab.encode(self.marks) if form is not None else [self.period])
         G = len(self.group_names)
         self.groups_matrix = {t: (torch.stack([self.group_mask[t].get(g, torch.zeros(V, dtype=torch.bool))
                                                for g in self.group_names]) if G else torch.zeros(0, V, dtype=torch.bool))
@@ -299,11 +300,12 @@ class PoemConstraint(_Batched):
             if p not in vocab:
                 raise CharLMError(f"this model's vocabulary lacks {p}, so it cannot write poem forms")
         self.comma, self.period = vocab.encode(COMMA)[0], vocab.encode(PERIOD)[0]
-        if form is not None:
-            missing = [c for c in dict.fromkeys(form.marks) if c not in vocab]
-            if missing:
-                raise CharLMError(f"this model's vocabulary lacks {missing[0]}, so it cannot write a {form.name}")
         self.line_end_ids = [i for i, c in enumerate(vocab.chars) if c in LINE_ENDS]
+        # the form's marks as this model writes them: a ci's 、 is written ， by a model that never saw 、
+        self.marks = known_marks(form.marks, "".join(vocab.chars[i] for i in self.line_end_ids)) if form else ""
+        missing = [c for c in dict.fromkeys(self.marks) if c not in vocab]
+        if missing:
+            raise CharLMError(f"this model's vocabulary lacks {missing[0]}, so it cannot write a {form.name}")
         self.choices = self._choices()
         n_lines = form.lines if form is not None else 1
         # set_of[k][i]: the rhyme set of line i in choice k (−1: the line does not rhyme)
@@ -429,7 +431,7 @@ class PoemConstraint(_Batched):
             return m
         length = form.lengths[s.line]
         if s.pos == length:
-            m[self.vocab.encode(form.marks[s.line])[0]] = True
+            m[self.vocab.encode(self.marks[s.line])[0]] = True
             return m
         m[:] = self.han
         if spec.acrostic and s.pos == 0:
@@ -512,7 +514,7 @@ class PoemConstraint(_Batched):
         length = form.lengths[s.line]
         where = f"a {form.name} line" if form.chars else f"line {s.line + 1} of a {form.name}"
         if s.pos == length:
-            return f"{where} has {length} characters, so {form.marks[s.line]} comes here"
+            return f"{where} has {length} characters, so {self.marks[s.line]} comes here"
         if not self.han[token]:
             return f"{where} holds {length} Chinese characters and no punctuation inside it"
         if s.pattern is not None and s.pattern[s.line][s.pos] != EITHER:

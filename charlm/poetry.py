@@ -90,8 +90,10 @@ class Form:
     patterns: tuple[Pattern, ...]
     rhyme_scheme: str = "平水韵"
     examples: int = 0
-    marks_read: dict = field(default_factory=dict, compare=False, hash=False)  # str.translate table: the
-    # marks a text may write for the canonical ones (a tune reads ？！； as 。 and ： as ，, as it was learned)
+    genre: str = "shi"  # shi (诗) or ci (词): which shipped model suits it (charlm/shipped.json)
+    # a str.translate table: marks a text may write and the marks they are read as when its punctuation
+    # is judged, on both sides (a tune reads ？！； as 。 and ：、 as ，); empty: the marks exactly
+    marks_read: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def lines(self) -> int:
@@ -501,7 +503,7 @@ def _shape_problems(text: str, lines: list[str], form: Form | None) -> list[str]
         if not all(is_han(c) for c in line):
             problems.append(f"line {i} has characters that are not Chinese: {line!r}")
     canonical = form.format(lines)
-    if not problems and text.strip().translate(form.marks_read) != canonical:
+    if not problems and text.strip().translate(form.marks_read) != canonical.translate(form.marks_read):
         problems.append(f"the punctuation differs from the canonical {canonical!r}")
     return problems
 
