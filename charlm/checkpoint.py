@@ -606,14 +606,14 @@ def choose_checkpoint(explicit: str | Path | None, genre: str | None = None) -> 
     model is not installed, so that the default model (which never read that genre) stands in."""
     if explicit is not None:
         return Path(explicit), "given with --checkpoint", None
+    wanted = _shipped_manifest().get("genres", {}).get(genre) if genre else None
     local = Path("checkpoints")
     if local.is_dir():
         found = [d for d in local.iterdir() if d.is_dir() and is_checkpoint(d)]
         if found:
             newest = max(found, key=lambda d: config_path(d).stat().st_mtime)
-            if genre is None or newest.name not in _shipped_manifest()["models"]:
+            if wanted is None or newest.name not in _shipped_manifest()["models"]:
                 return newest, "newest under ./checkpoints/", None
-    wanted = _shipped_manifest().get("genres", {}).get(genre) if genre else None
     if wanted is not None and is_checkpoint(_shipped_path(wanted)):
         return _shipped_path(wanted), f"the {genre} model shipped with charlm", None
     shipped = shipped_checkpoint()
