@@ -6,6 +6,9 @@ copies each into charlm/shipped/<name>/ inside it, only the files a model is use
 training log, nor anything a user trained into checkpoints/); a source distribution carries
 checkpoints/<name>/ so that a wheel can be built from it. An editable install copies nothing:
 charlm then finds the models in the checkout's checkpoints/.
+
+The tune table corpora/cipai.json, which `charlm generate --form <tune>` reads, goes into the
+wheel as charlm/cipai.json the same way (charlm.cipai.table_path finds either).
 """
 
 import json
@@ -21,6 +24,7 @@ FILES = ("model.safetensors", "config.json", "vocab.json", "lines.txt", "MODEL_C
 NEEDED = ("model.safetensors", "config.json", "vocab.json")
 MAX_MODEL_BYTES = 25 * 10**6  # a shipped model, and all of them together, stay small
 MAX_TOTAL_BYTES = 60 * 10**6
+TUNE_TABLE = Path("corpora", "cipai.json")
 
 
 def shipped_files() -> list[Path]:
@@ -53,11 +57,14 @@ class BuildPy(build_py):
             dest = target / source.relative_to("checkpoints")
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, dest)
+        if not TUNE_TABLE.is_file():
+            raise SystemExit(f"error: the tune table {TUNE_TABLE} is missing")
+        shutil.copyfile(TUNE_TABLE, Path(self.build_lib, "charlm", TUNE_TABLE.name))
 
 
 class Sdist(sdist):
     def make_release_tree(self, base_dir, files) -> None:
-        super().make_release_tree(base_dir, [*files, *map(str, shipped_files())])
+        super().make_release_tree(base_dir, [*files, *map(str, shipped_files()), str(TUNE_TABLE)])
 
 
 setup(cmdclass={"build_py": BuildPy, "sdist": Sdist})

@@ -698,12 +698,21 @@ def _is_task(d: Path, task: str) -> bool:
     return task_of(meta) == task
 
 
-def find_default(explicit: str | Path | None, task: str = TASK_LM) -> tuple[Path, str]:
+def find_default(explicit: str | Path | None, task: str = TASK_LM, genre: str | None = None) -> tuple[Path, str]:
     """Which checkpoint generate/eval (or, for ``task`` "classify", classify) use, and why:
     --checkpoint, else the newest run of that task under ./checkpoints/ (the shipped models a
-    source checkout keeps there do not count), else the one shipped with charlm."""
+    source checkout keeps there do not count), else the one shipped with charlm. For a form of a
+    ``genre`` (``ci``) that charlm/shipped.json names a model for, that model when it is installed."""
+    return choose_checkpoint(explicit, task, genre)[:2]
+
+
+def choose_checkpoint(explicit: str | Path | None, task: str = TASK_LM, genre: str | None = None
+                      ) -> tuple[Path, str, str | None]:
+    """``find_default``'s (path, why), and a warning when a ``genre`` was asked for whose shipped
+    model is not installed, so that the default model (which never read that genre) stands in."""
     if explicit is not None:
-        return Path(explicit), "given with --checkpoint"
+        return Path(explicit), "given with --checkpoint", None
+    wanted = _shipped_manifest().get("genres", {}).get(genre) if genre else None
     local = Path("checkpoints")
     if local.is_dir():
         shipped = {p.resolve() for p in shipped_models().values()}  # a source checkout's own checkpoints/
@@ -711,10 +720,17 @@ def find_default(explicit: str | Path | None, task: str = TASK_LM) -> tuple[Path
                  if d.is_dir() and is_checkpoint(d) and d.resolve() not in shipped and _is_task(d, task)]
         if found:
             newest = max(found, key=lambda d: config_path(d).stat().st_mtime)
-            return newest, "newest under ./checkpoints/"
+            return newest, "newest under ./checkpoints/", None
+    if wanted is not None and is_checkpoint(_shipped_path(wanted)):
+        return _shipped_path(wanted), f"the {genre} model shipped with charlm", None
     shipped = shipped_checkpoint() if task == TASK_LM else shipped_checkpoint(task)
     if is_checkpoint(shipped):
-        return shipped, "the model shipped with charlm"
+        warning = None
+        if wanted is not None:
+            warning = (f"the {genre} model {wanted} is not installed, so the default model "
+                       f"{_shipped_manifest()['default']}, which has not read {genre}, writes these; "
+                       "pass --checkpoint for a model trained on them")
+        return shipped, "the model shipped with charlm", warning
     if task == TASK_CLASSIFY:
         raise CharLMError("no classifier found: train one with `charlm train --task classify LABELLED.tsv` "
                           "or pass --checkpoint DIR")

@@ -28,56 +28,27 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Iterable
 
 from charlm.errors import CharLMError, describe
-from charlm.poetry import COMMA, FULL_STOP, LEVEL, LINE_ENDS, OBLIQUE, RhymeTable
-from charlm.vocab import is_han
+from charlm.poetry import (CILIN_PARTS, COMMA, EITHER, FORMS, FULL_STOP, LEVEL, LINE_ENDS, OBLIQUE, Form, Pattern,
+                           RhymeTable, parse_form)
+from charlm.vocab import is_han, to_simplified
 
 FORMAT_VERSION = 1
 MIN_EXAMPLES = 20
 TONE_THRESHOLD = 0.8
 RHYME_THRESHOLD = 0.5
-EITHER = "中"
 # The source's name for a ci whose tune is lost: not a tune.
 UNKNOWN_TUNE = "失调名"
 # Marks a ci line can end with in a shape; the others are read as one of these.
 SHAPE_MARKS = COMMA + FULL_STOP + "、"
 _MARK_AS = {"？": FULL_STOP, "！": FULL_STOP, "；": FULL_STOP, "：": COMMA}
 
-# 词林正韵: 戈载《词林正韵》(1821), the usual standard for ci rhymes, as commonly tabulated
-# (e.g. 王力《汉语诗律学》, the chapter on 词韵): its 19 parts as unions of 平水韵 groups. Parts 1–14
-# hold a level group with its rising and departing counterparts; 15–19 are entering-tone parts.
-# 戈载 splits some 平水韵 groups between two parts by character (十灰, 九佳, 十三元 and their
-# oblique counterparts 十贿, 九泰, 十卦, 十一队, 十三阮, 十四愿); without his character lists a
-# character of a split group belongs to both parts, so rhyme is looser there than 戈载's.
-CILIN_PARTS: dict[int, tuple[str, ...]] = {
-    part: tuple(groups.split())
-    for part, groups in {
-        1: "上平一东 上平二冬 上声一董 上声二肿 去声一送 去声二宋",
-        2: "上平三江 下平七阳 上声三讲 上声二十二养 去声三绛 去声二十三漾",
-        3: "上平四支 上平五微 上平八齐 上平十灰 上声四纸 上声五尾 上声八荠 上声十贿 "
-           "去声四寘 去声五未 去声八霁 去声九泰 去声十一队",
-        4: "上平六鱼 上平七虞 上声六语 上声七麌 去声六御 去声七遇",
-        5: "上平九佳 上平十灰 上声九蟹 上声十贿 去声九泰 去声十卦 去声十一队",
-        6: "上平十一真 上平十二文 上平十三元 上声十一轸 上声十二吻 上声十三阮 去声十二震 去声十三问 去声十四愿",
-        7: "上平十三元 上平十四寒 上平十五删 下平一先 上声十三阮 上声十四旱 上声十五潸 上声十六铣 "
-           "去声十四愿 去声十五翰 去声十六谏 去声十七霰",
-        8: "下平二萧 下平三肴 下平四豪 上声十七筿 上声十八巧 上声十九皓 去声十八啸 去声十九效 去声二十号",
-        9: "下平五歌 上声二十哿 去声二十一个",
-        10: "上平九佳 下平六麻 上声二十一马 去声十卦 去声二十二祃",
-        11: "下平八庚 下平九青 下平十蒸 上声二十三梗 上声二十四迥 去声二十四敬 去声二十五径",
-        12: "下平十一尤 上声二十五有 去声二十六宥",
-        13: "下平十二侵 上声二十六寝 去声二十七沁",
-        14: "下平十三覃 下平十四盐 下平十五咸 上声二十七感 上声二十八琰 上声二十九豏 去声二十八勘 去声二十九艳 去声三十陷",
-        15: "入声一屋 入声二沃",
-        16: "入声三觉 入声十药",
-        17: "入声四质 入声十一陌 入声十二锡 入声十三职 入声十四缉",
-        18: "入声五物 入声六月 入声七曷 入声八黠 入声九屑 入声十六叶",
-        19: "入声十五合 入声十七洽",
-    }.items()
-}
+# 词林正韵 (CILIN_PARTS) lives in charlm.poetry beside the 平水韵, since the decoder and the judge
+# rhyme by it too; the group → parts index here is what learning reads.
 _PART_OF: dict[str, frozenset[int]] = {}
 for _part, _groups in CILIN_PARTS.items():
     for _g in _groups:
@@ -389,3 +360,57 @@ def read(path: str | Path) -> CipaiTable:
                           rhyme_threshold=_fraction(data["rhyme_threshold"], path, "rhyme_threshold"))
     except KeyError as e:
         raise _bad(path, f"it has no {e} field") from None
+
+
+# -- tunes as forms ---------------------------------------------------------------------------
+
+def tune_form(tune: Tune) -> Form:
+    """``tune`` as a poem form: its canonical line lengths and marks, and one pattern — its
+    tones, its rhyme sets and the tone each rhyme line rhymes on — rhyming by 词林正韵 parts.
+    Its punctuation is judged as the table was learned (？！； read as 。, ： as ，), and a ``、``
+    (the pause after a 领字, an editor's mark) as ``，``, which the source writes there as often."""
+    n = len(tune.lengths)
+    pattern = Pattern(name=tune.name, lines=tune.tones, rhyme_lines=tuple(sorted(tune.rhymes)), tones=tune.tones,
+                      rhyme_sets=tune.rhyme_sets, rhyme_tones=tuple(tune.rhymes.get(i, "") for i in range(n)))
+    return Form(tune.name, tune.lengths, tune.marks, (pattern,), rhyme_scheme="词林正韵", examples=tune.examples,
+                genre="ci", marks_read=str.maketrans({**_MARK_AS, "、": COMMA}))
+
+
+def table_path() -> Path:
+    """The tune table charlm uses: charlm/cipai.json inside an installed package (setup.py copies
+    it there when it builds the wheel), else corpora/cipai.json of the source checkout."""
+    package = Path(__file__).resolve().parent  # what charlm.checkpoint calls PACKAGE; that module imports torch
+    installed = package / "cipai.json"
+    return installed if installed.is_file() else package.parent / "corpora" / "cipai.json"
+
+
+@cache
+def _default_table(path: Path) -> CipaiTable:
+    return read(path)
+
+
+def default_table() -> CipaiTable:
+    """The tune table at ``table_path()``, read (and validated) once."""
+    return _default_table(table_path())
+
+
+def all_forms(table: CipaiTable | None = None) -> list[Form]:
+    """Every form charlm writes: the four regulated ones, then each tune of the table (most
+    examples first)."""
+    table = table or default_table()
+    return [*FORMS.values(), *(tune_form(t) for t in table.tunes.values())]
+
+
+def find_form(name: str, table: CipaiTable | None = None) -> Form:
+    """The form called ``name``: a regulated form as ``poetry.parse_form`` reads it, else a tune of
+    the table by its Chinese name (traditional spellings are read as simplified)."""
+    try:
+        return parse_form(name)
+    except CharLMError:
+        pass
+    key = to_simplified(name.strip())
+    table = table or default_table()
+    if key in table.tunes:
+        return tune_form(table.tunes[key])
+    raise CharLMError(f"unknown poem form {name!r}: neither 五绝/七绝/五律/七律 nor a tune of the tune table; "
+                      "`charlm generate --list-forms` lists them")

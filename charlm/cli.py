@@ -95,14 +95,18 @@ def _dumps(data: dict) -> str:
     return "".join(_json_escape(c) if is_unprintable(c) else c for c in text)
 
 
-def _load(checkpoint_dir: Optional[Path], device: str = "cpu", lines: bool = True):
+def _load(checkpoint_dir: Optional[Path], device: str = "cpu", lines: bool = True, genre: Optional[str] = None):
+    """The checkpoint to use (``genre``: the genre of the --form asked for, which may choose the
+    shipped model), loaded; which one, and why, on stderr."""
     from charlm import checkpoint
     from charlm.devices import resolve_device
 
     place = resolve_device(device)  # a bad --device is refused before anything is read
-    path, why = checkpoint.find_default(checkpoint_dir)
+    path, why, warning = checkpoint.choose_checkpoint(checkpoint_dir, genre=genre)
     ckpt = checkpoint.load(path, device=place, lines=lines)
     err.print(_literal(f"checkpoint: {path} ({why})", style="dim"), soft_wrap=True)
+    if warning:
+        _say("warning:", "yellow", warning)
     return ckpt
 
 
@@ -372,11 +376,15 @@ def _report(renderable) -> None:
 # -- generate ----------------------------------------------------------------------------------
 
 FormOpt = Annotated[Optional[str], typer.Option(
-    help="Poem form: 五绝, 七绝, 五律, 七律 (or wujue, qijue, wulv, qilv): exact lines and characters.")]
+    help="Poem form: 五绝, 七绝, 五律, 七律 (or wujue, qijue, wulv, qilv), or a ci tune by its Chinese name "
+         "(浣溪沙, 水调歌头, …; `charlm generate --list-forms` lists them): exact lines, characters and marks.")]
 AcrosticOpt = Annotated[Optional[str], typer.Option(help="藏头诗: line i starts with the i-th character.")]
-RhymeOpt = Annotated[bool, typer.Option("--rhyme", help="Even lines end in one 平水韵 level-tone rhyme group (needs --form).")]
+RhymeOpt = Annotated[bool, typer.Option("--rhyme", help=(
+    "Rhyme (needs --form): a regulated poem's even lines end in one 平水韵 level-tone group; a tune's "
+    "rhyme lines end in one 词林正韵 part each rhyme set, on the tone (平 or 仄) the tune rhymes on."))]
 RhymeFirstOpt = Annotated[bool, typer.Option("--rhyme-first", help="The first line rhymes too (with --rhyme).")]
-TonesOpt = Annotated[bool, typer.Option("--tones", help="Follow the 平仄 pattern of regulated verse (needs --form).")]
+TonesOpt = Annotated[bool, typer.Option("--tones", help=(
+    "Follow the 平仄 pattern (needs --form): regulated verse's, or the tune's learned tones (中 = either)."))]
 NovelOpt = Annotated[bool, typer.Option("--novel", help="No line may copy a line of the training text verbatim.")]
 BestOfOpt = Annotated[int, typer.Option("--best-of", help="Sample K candidates per poem, keep the likeliest per character.", min=1)]
 BeamOpt = Annotated[int, typer.Option("--beam", help="Beam search of this width instead of sampling (needs --form).", min=0)]
@@ -392,14 +400,16 @@ SeedOpt = Annotated[Optional[int], typer.Option(
     help="Seed for reproducible samples, 0 … 2**63 − 1.", min=0, max=SEED_MAX)]
 
 
-def _poem_spec(vocab, form, acrostic, rhyme, rhyme_first, tones, novel):
+def _form(form: Optional[str]):
+    """The --form asked for, regulated or a tune (charlm.cipai.find_form), or None."""
+    from charlm.cipai import find_form
+
+    return find_form(form) if form else None
+
+
+def _poem_spec(vocab, parsed, acrostic, rhyme, rhyme_first, tones, novel):
     from charlm.constrain import PoemSpec
 
-    parsed = None
-    if form:
-        from charlm.poetry import parse_form
-
-        parsed = parse_form(form)
     return PoemSpec(form=parsed, acrostic=vocab.normalize(acrostic or ""), rhyme=rhyme,
                     rhyme_first=rhyme_first, tones=tones, novel=novel)
 
@@ -459,17 +469,24 @@ def generate(
     device: DeviceOpt = "auto",
     int8: Int8Opt = True,
     as_json: JsonOpt = False,
+    list_forms: Annotated[bool, typer.Option("--list-forms", help=(
+        "List every --form instead: the regulated ones and each tune, with its lines, line lengths and "
+        "the corpus ci it was learned from."))] = False,
 ) -> None:
     """Write poems that continue --prompt; each stops at the end of the poem or --max-chars.
 
     A single poem streams to the terminal as it is written. With --form, --acrostic, --best-of or
     --beam on a terminal, each poem is shown in a panel with its score (mean log-probability per
-    character); piped, stdout holds one poem per line.
+    character); piped, stdout holds one poem per line. A tune (--form 浣溪沙) is written by the
+    shipped ci model when it is installed, else by the default model, with a warning.
     """
     from charlm.judge import poem_checks
     from charlm.sample import SampleSettings
 
-    _need_stdout("the poems")
+    _need_stdout("the forms" if list_forms else "the poems")
+    if list_forms:
+        _list_forms(as_json)
+        return
     fancy = bool(form or acrostic or best_of > 1 or beam) and sys.stdout.isatty() and not as_json
     stream = n == 1 and best_of == 1 and not beam and not as_json and not fancy
 
@@ -488,8 +505,9 @@ def generate(
     try:
         settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p,
                                   max_chars=_S.max_chars if max_chars is None else max_chars)
-        ckpt = _load(checkpoint, device)
-        spec = _poem_spec(ckpt.vocab, form, acrostic, rhyme, rhyme_first, tones, novel)
+        parsed = _form(form)
+        ckpt = _load(checkpoint, device, genre=parsed.genre if parsed else None)
+        spec = _poem_spec(ckpt.vocab, parsed, acrostic, rhyme, rhyme_first, tones, novel)
         if spec.form is not None and max_chars is not None:
             raise CharLMError("--max-chars does not apply with --form, whose poems have a fixed length; give one of them")
         results = _sample(ckpt, prompt, n, spec, settings, best_of, beam, seed, no_repeat, int8=int8,
@@ -512,6 +530,28 @@ def generate(
     except BrokenPipeError:  # e.g. `charlm generate -n 9 | head -1`
         sys.stderr.close()
         raise typer.Exit(0)
+
+
+def _list_forms(as_json: bool) -> None:
+    from charlm.cipai import all_forms
+
+    try:
+        forms = all_forms()
+    except CharLMError as e:
+        _fail(str(e))
+        return
+    if as_json:
+        print(_dumps({"forms": [{"name": f.name, "genre": f.genre, "lines": f.lines, "lengths": list(f.lengths),
+                                 "marks": f.marks, "examples": f.examples} for f in forms]}))
+        return
+    table = Table(title="forms (--form NAME)")
+    for col, justify in (("form", "left"), ("genre", "left"), ("lines", "right"), ("line lengths", "left"),
+                         ("corpus ci", "right")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for f in forms:
+        table.add_row(_literal(f.name), f.genre, str(f.lines), " ".join(map(str, f.lengths)),
+                      f"{f.examples:,}" if f.examples else "–")
+    Console().print(table)
 
 
 # -- compose -----------------------------------------------------------------------------------
@@ -732,7 +772,7 @@ def eval_(
     """Report loss, bits per character, perplexity and accuracy on held-out text.
 
     With --poems FILE, or --generate N (sampling options as in `charlm generate`), judge poems
-    instead: form, 平水韵 rhyme and 平仄 validity, distinct-1/2, and the copy rate against the
+    instead: form, rhyme (平水韵; 词林正韵 for a tune) and 平仄 validity, distinct-1/2, and the copy rate against the
     training text.
     """
     from charlm.data import read_corpus
@@ -787,24 +827,19 @@ def _judge(checkpoint, device, poems_file, generate_n, form, acrostic, rhyme, rh
     try:
         if poems_file is not None and generate_n:
             raise CharLMError("give either --poems FILE or --generate N, not both")
+        parsed = _form(form)
         if generate_n or checkpoint is not None:
-            ckpt = _load(checkpoint, device)
+            ckpt = _load(checkpoint, device, genre=parsed.genre if parsed and generate_n else None)
         else:
             try:  # judging a file needs no model, only the training lines for the copy rate
                 ckpt = _load(None, device)
             except CharLMError:
                 ckpt = None
-        parsed = None
         if generate_n:
             settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p)
-            spec = _poem_spec(ckpt.vocab, form, acrostic, rhyme, rhyme_first, tones, novel)
-            parsed = spec.form
+            spec = _poem_spec(ckpt.vocab, parsed, acrostic, rhyme, rhyme_first, tones, novel)
             texts = [r.text for r in _sample(ckpt, "", generate_n, spec, settings, best_of, beam, seed, no_repeat)]
         else:
-            if form:
-                from charlm.poetry import parse_form
-
-                parsed = parse_form(form)
             raw = read_corpus(poems_file, encoding, what="poems file")
             texts = [line.strip() for line in raw.split("\n") if line.strip()]
             if ckpt is not None:
@@ -833,7 +868,7 @@ def _judge(checkpoint, device, poems_file, generate_n, form, acrostic, rhyme, rh
     pct = lambda v: "–" if v is None else f"{v:.1%}"  # noqa: E731
     tot.add_row("poems", str(summary.poems))
     tot.add_row("form-valid", pct(summary.form_valid))
-    tot.add_row("rhyme-valid (平水韵)", pct(summary.rhyme_valid))
+    tot.add_row(f"rhyme-valid ({parsed.rhyme_scheme if parsed else '平水韵'})", pct(summary.rhyme_valid))
     tot.add_row("tonal agreement (平仄)", pct(summary.tone_agreement))
     tot.add_row("tone-valid poems", pct(summary.tone_valid))
     tot.add_row("distinct-1 / distinct-2", f"{summary.distinct_1:.3f} / {summary.distinct_2:.3f}")

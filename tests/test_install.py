@@ -56,6 +56,7 @@ def test_a_wheel_installed_in_a_fresh_venv_generates_with_the_shipped_model(tmp_
     (wheel,) = dist.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert f"charlm/shipped/{DEFAULT}/model.safetensors" in names and "charlm/shipped.json" in names
+    assert "charlm/cipai.json" in names  # the tune table that --form <tune> reads
     assert not [n for n in names if "my-run" in n or n.endswith("metrics.jsonl")]
 
     # A fresh venv with only the wheel installed; the dependencies (torch, …) come from this test's
@@ -79,6 +80,10 @@ def test_a_wheel_installed_in_a_fresh_venv_generates_with_the_shipped_model(tmp_
     installed = site / "charlm" / "shipped" / DEFAULT
     assert f"checkpoint: {installed} (the model shipped with charlm)" in r.stderr
     assert _sha256(installed / "model.safetensors") == _sha256(ROOT / "checkpoints" / DEFAULT / "model.safetensors")
+
+    r = _run(venv / "bin" / "charlm", "generate", "--list-forms", "--json", cwd=empty, env=env)
+    assert "浣溪沙" in [f["name"] for f in json.loads(r.stdout)["forms"]]
+    assert _sha256(site / "charlm" / "cipai.json") == _sha256(ROOT / "corpora" / "cipai.json")
 
     r = _run(venv / "bin" / "charlm", "models", "--json", cwd=empty, env=env)
     model, *others = json.loads(r.stdout)["models"]
