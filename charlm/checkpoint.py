@@ -26,6 +26,7 @@ Nothing is unpickled: weights are safetensors, everything else JSON.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import fcntl
@@ -45,7 +46,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from charlm import __version__
 from charlm.config import Config
 from charlm.errors import CharLMError, describe
-from charlm.model import CharLM, expected_shapes, planned_size
+from charlm.model import MAX_PARAMETERS, CharLM, expected_shapes, planned_size
 from charlm.vocab import Vocab
 
 FORMAT_VERSION = 1
@@ -326,16 +327,35 @@ def _vocab_from(data: dict, what: str) -> tuple[Vocab, list[int] | None]:
         raise CharLMError(f"{what} has an invalid vocab.json: {e}") from None
 
 
+def architecture(config: Config) -> tuple[type, Callable]:
+    """The model class a config's task builds, and the function giving its tensors' shapes."""
+    if config.task == "couplet":
+        from charlm import couplet
+
+        return couplet.CoupletModel, couplet.expected_shapes
+    return CharLM, expected_shapes
+
+
+def parameters(config: Config) -> int:
+    """The values the config's model holds, computed without allocating them (capped as planned_size)."""
+    n = planned_size(config.model)  # refuses a language model beyond the cap with a sentence
+    if config.task != "lm":
+        n = sum(math.prod(s) for s in architecture(config)[1](config.model).values())
+        if n > 2 * MAX_PARAMETERS:
+            raise CharLMError(f"a model of {n:,} parameters is larger than charlm builds")
+    return n
+
+
 def _check_weights(p: Path, config: Config, what: str) -> dict[str, tuple[int, ...]]:
     """Check model.safetensors against the shapes the config needs, reading only its header and
     before any tensor is allocated: the parameter count is capped, the file is a regular file of
     a plausible size, and every tensor is present, expected, floating point and of the right
     shape. Returns the expected shapes (name → shape)."""
     try:
-        n = planned_size(config.model)
+        n = parameters(config)
     except CharLMError as e:
         raise CharLMError(f"{what} cannot be loaded: {e}") from None
-    shapes = expected_shapes(config.model)
+    shapes = architecture(config)[1](config.model)
     path = p / WEIGHTS
     try:
         info = path.stat()
@@ -439,7 +459,7 @@ def load(path: str | Path, device: torch.device | str | None = None, *, lines: b
         raise CharLMError(f"checkpoint {str(p)!r} is inconsistent: config says {config.model.vocab_size} "
                           f"characters, vocabulary has {len(vocab)}")
     shapes = _check_weights(d, config, what)
-    model = CharLM(config.model)
+    model = architecture(config)[0](config.model)
     try:
         missing, unexpected = load_model(model, str(d / WEIGHTS), strict=False)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
@@ -592,20 +612,31 @@ def exclusive(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def find_default(explicit: str | Path | None) -> tuple[Path, str]:
+def task_of(path: Path) -> str:
+    """The task of the checkpoint at ``path`` (lm for one that cannot be read: loading it says why)."""
+    try:
+        return read_config(path)[2].task
+    except CharLMError:
+        return "lm"
+
+
+def find_default(explicit: str | Path | None, task: str = "lm") -> tuple[Path, str]:
     """Which checkpoint generate/eval use, and why: --checkpoint, else the newest under
-    ./checkpoints/, else the default model shipped with charlm."""
+    ./checkpoints/ for ``task``, else the default model shipped with charlm for it."""
     if explicit is not None:
         return Path(explicit), "given with --checkpoint"
     local = Path("checkpoints")
     if local.is_dir():
-        found = [d for d in local.iterdir() if d.is_dir() and is_checkpoint(d)]
+        found = [d for d in local.iterdir() if d.is_dir() and is_checkpoint(d) and task_of(d) == task]
         if found:
             newest = max(found, key=lambda d: config_path(d).stat().st_mtime)
             return newest, "newest under ./checkpoints/"
-    shipped = shipped_checkpoint()
+    shipped = shipped_checkpoint(task)
     if is_checkpoint(shipped):
         return shipped, "the model shipped with charlm"
+    if task != "lm":
+        raise CharLMError(f"no {task} checkpoint found: train one with `charlm train --task {task} FILE` "
+                          f"or pass --checkpoint DIR")
     raise CharLMError("no checkpoint found: train one with `charlm train CORPUS` or pass --checkpoint DIR")
 
 
@@ -641,6 +672,9 @@ def shipped_models() -> dict[str, Path]:
     return {n: p for n in names if is_checkpoint(p := _shipped_path(n))}
 
 
-def shipped_checkpoint() -> Path:
-    """The folder of the default shipped model (which may be missing from this installation)."""
-    return _shipped_path(_shipped_manifest()["default"])
+def shipped_checkpoint(task: str = "lm") -> Path:
+    """The folder of the default shipped model for ``task`` (which may be missing from this
+    installation): shipped.json's "default" for the language model, its "task_defaults" for others."""
+    manifest = _shipped_manifest()
+    name = manifest["default"] if task == "lm" else manifest.get("task_defaults", {}).get(task, f"<no {task} model>")
+    return _shipped_path(name)
