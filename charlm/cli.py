@@ -19,8 +19,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from charlm.config import (COMPOSE_CANDIDATES, DEFAULT_EPOCHS, DEVICE_HELP, MAX_COMPOSE_CANDIDATES, SEED_MAX, Config,
-                           ModelConfig, TrainConfig, parse_duration, parse_unk_alpha)
+from charlm.config import (COMPOSE_CANDIDATES, DEFAULT_EPOCHS, DEVICE_HELP, MAX_COMPOSE_CANDIDATES, SEED_MAX, TASKS,
+                           Config, ModelConfig, TrainConfig, parse_duration, parse_unk_alpha)
 from charlm.errors import CharLMError
 from charlm.config import SampleSettings
 from charlm.vocab import is_unprintable, printable
@@ -95,13 +95,21 @@ def _dumps(data: dict) -> str:
     return "".join(_json_escape(c) if is_unprintable(c) else c for c in text)
 
 
-def _load(checkpoint_dir: Optional[Path], device: str = "cpu", lines: bool = True):
+def _load(checkpoint_dir: Optional[Path], device: str = "cpu", lines: bool = True, task: str | None = "lm"):
+    """The checkpoint to use: --checkpoint, else the default for ``task``. A checkpoint of another
+    task is refused with a sentence saying how to use it (``task=None`` takes any)."""
     from charlm import checkpoint
     from charlm.devices import resolve_device
 
     place = resolve_device(device)  # a bad --device is refused before anything is read
-    path, why = checkpoint.find_default(checkpoint_dir)
+    path, why = checkpoint.find_default(checkpoint_dir, task or "lm")
     ckpt = checkpoint.load(path, device=place, lines=lines)
+    if task is not None and ckpt.config.task != task:
+        if ckpt.config.task == "couplet":
+            raise CharLMError(f"checkpoint {str(path)!r} is a couplet model: it answers a first line, "
+                              f"given with --couplet 上联")
+        raise CharLMError(f"checkpoint {str(path)!r} is a language model, not a couplet model; "
+                          f"give a couplet checkpoint (charlm train --task couplet) or leave out --checkpoint")
     err.print(_literal(f"checkpoint: {path} ({why})", style="dim"), soft_wrap=True)
     return ckpt
 
@@ -112,9 +120,10 @@ class _Display:
     """Rich live display for the trainer's callbacks. A terminal that goes away (closed stderr,
     a hung-up ssh session) silences the display; training goes on and saves as usual."""
 
-    def __init__(self, progress: Progress, sample_seed: int) -> None:
+    def __init__(self, progress: Progress, sample_seed: int, task: str = "lm") -> None:
         self.progress = progress
-        self.task = progress.add_task("training", total=1000, stats="")
+        self.task = task
+        self.bar = progress.add_task("training", total=1000, stats="")
         self.sample_seed = sample_seed
         self.alive = True
 
@@ -143,7 +152,7 @@ class _Display:
 
     def on_step(self, e) -> None:
         self._show(lambda: self.progress.update(
-            self.task, completed=min(1000, int(e.progress * 1000)), description=f"step {e.step}",
+            self.bar, completed=min(1000, int(e.progress * 1000)), description=f"step {e.step}",
             stats=f"loss {e.loss:.2f} bpc {e.bpc:.2f} {e.chars_per_sec / 1000:.1f}k char/s lr {e.lr:.0e}",
         ))
 
@@ -157,7 +166,12 @@ class _Display:
         g = torch.Generator().manual_seed(self.sample_seed)
         was_training = model.training
         try:
-            sample = generate(model, vocab, settings=SampleSettings(temperature=0.8, max_chars=64), generator=g)
+            if self.task == "couplet":
+                from charlm.seq2seq import demo_answer
+
+                sample = demo_answer(model, vocab, g)
+            else:
+                sample = generate(model, vocab, settings=SampleSettings(temperature=0.8, max_chars=64), generator=g)
         except CharLMError as failure:  # e.g. weights gone non-finite: the trainer will say so
             sample = f"(no sample: {failure})"
         finally:
@@ -198,7 +212,8 @@ def _given_options(ctx: typer.Context) -> dict[str, str]:
 @app.command()
 def train(
     ctx: typer.Context,
-    corpus: Annotated[Path, typer.Argument(help="A UTF-8 text file; one poem (or paragraph) per line.")],
+    corpus: Annotated[Path, typer.Argument(help="A UTF-8 text file; one poem (or paragraph) per line. With --task couplet, a pairs file: 上联<TAB>下联 a line, a blank line between poems.")],
+    task: Annotated[str, typer.Option(help=f"What to train: {' or '.join(TASKS)} (the encoder–decoder that answers a couplet's first line).")] = "lm",
     out: Annotated[Optional[Path], typer.Option(help="Checkpoint directory. Default: checkpoints/<corpus stem>.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.", min=1)] = None,
     max_time: Annotated[Optional[str], typer.Option(help="Stop after this much training time in all: 90s, 10m, 1h.")] = None,
@@ -260,6 +275,7 @@ def train(
                 precision=precision, device=device,
                 encoding=encoding, ema=ema, unk_alpha=parse_unk_alpha(unk_alpha),
             ),
+            task=task,
         )
         if tensorboard is not None:
             from charlm.tensorboard_log import TensorBoardLog
@@ -273,11 +289,18 @@ def train(
         columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=12), TaskProgressColumn(),
                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
                    TimeRemainingColumn(compact=True)]
-        display = _Display(Progress(*columns, console=err, transient=False), seed)
+        display = _Display(Progress(*columns, console=err, transient=False), seed, task)
         try:
-            result = train_corpus(Source(corpus, encoding), config, out_dir, corpus_path=str(corpus),
-                                  callbacks=MultiCallbacks(display, board) if board else display, resume=resume,
-                                  overwrite=overwrite, changed=_given_options(ctx) if resume else None)
+            if task == "couplet":
+                from charlm.seq2seq import train_pairs
+
+                result = train_pairs(corpus, config, out_dir, callbacks=MultiCallbacks(display, board) if board
+                                     else display, resume=resume, overwrite=overwrite,
+                                     changed=_given_options(ctx) if resume else None)
+            else:
+                    result = train_corpus(Source(corpus, encoding), config, out_dir, corpus_path=str(corpus),
+                                      callbacks=MultiCallbacks(display, board) if board else display, resume=resume,
+                                      overwrite=overwrite, changed=_given_options(ctx) if resume else None)
         finally:
             display.close()
             if board is not None:
@@ -407,8 +430,13 @@ def generate(
     device: DeviceOpt = "auto",
     int8: Int8Opt = True,
     as_json: JsonOpt = False,
+    couplet: Annotated[Optional[str], typer.Option(help=(
+        "Answer this first line of a couplet (上联) with a couplet model (default: the shipped one): lines of "
+        "the same length, the last tone opposite, no character of the first line reused."), show_default=False)] = None,
 ) -> None:
     """Write poems that continue --prompt; each stops at the end of the poem or --max-chars.
+
+    With --couplet 上联, answer that first line instead: -n answers (by --beam K, or sampled), one a line.
 
     A single poem streams to the terminal as it is written. With --form, --acrostic, --best-of or
     --beam on a terminal, each poem is shown in a panel with its score (mean log-probability per
@@ -418,6 +446,13 @@ def generate(
     from charlm.sample import SampleSettings
 
     _need_stdout("the poems")
+    if couplet is not None:
+        given = {"--prompt": prompt, "--form": form, "--acrostic": acrostic, "--rhyme": rhyme,
+                 "--rhyme-first": rhyme_first, "--tones": tones, "--novel": novel, "--max-chars": max_chars,
+                 "--best-of": best_of > 1, "--no-repeat/--repeat": no_repeat is not None}
+        _answer_couplet(checkpoint, couplet, n, beam, seed, device, as_json, temperature, top_k, top_p,
+                        next((flag for flag, value in given.items() if value), None))
+        return
     fancy = bool(form or acrostic or best_of > 1 or beam) and sys.stdout.isatty() and not as_json
     stream = n == 1 and best_of == 1 and not beam and not as_json and not fancy
 
@@ -458,6 +493,34 @@ def generate(
     except CharLMError as e:
         _fail(str(e))
     except BrokenPipeError:  # e.g. `charlm generate -n 9 | head -1`
+        sys.stderr.close()
+        raise typer.Exit(0)
+
+
+def _answer_couplet(checkpoint, first, n, beam, seed, device, as_json, temperature, top_k, top_p, stray) -> None:
+    """charlm generate --couplet: answers to a first line, one a line, or JSON."""
+    from charlm.sample import SampleSettings
+    from charlm.seq2seq import answer, check_first_line, checks
+
+    try:
+        if stray:
+            raise CharLMError(f"--couplet answers one first line and does not take {stray}")
+        check_first_line(first.strip())  # before any model is loaded
+        settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p)
+        ckpt = _load(checkpoint, device, lines=False, task="couplet")
+        results = answer(ckpt.model, ckpt.vocab, first, n, beam=beam, settings=settings, seed=seed)
+        if as_json:
+            line = ckpt.vocab.normalize(first.strip())
+            poems = [{"text": r.text, "logprob": r.logprob, "score": r.score, "checks": checks(line, r.text)}
+                     for r in results]
+            print(_dumps({"checkpoint": str(ckpt.path), "couplet": line, "samples": [r.text for r in results],
+                          "poems": poems}))
+        else:
+            for r in results:
+                _print_line(r.text)
+    except CharLMError as e:
+        _fail(str(e))
+    except BrokenPipeError:
         sys.stderr.close()
         raise typer.Exit(0)
 
@@ -682,11 +745,22 @@ def eval_(
     With --poems FILE, or --generate N (sampling options as in `charlm generate`), judge poems
     instead: form, 平水韵 rhyme and 平仄 validity, distinct-1/2, and the copy rate against the
     training text.
+
+    A couplet checkpoint (charlm train --task couplet) reports the bpc of the second lines given
+    the first, and the share of answers whose tones oppose the first line's at the 2nd, 4th, 6th
+    and last characters, beside the same share for the real second lines (--generate N first lines
+    answered, default 200; --beam K to answer by beam search).
     """
     from charlm.data import read_corpus
     from charlm.evaluate import evaluate, validation_text
 
     _need_stdout("the figures")
+    if checkpoint is not None and _task_of(checkpoint) == "couplet":
+        stray = next((flag for flag, value in {"--poems": poems, "--form": form, "--acrostic": acrostic,
+                                               "--rhyme": rhyme, "--rhyme-first": rhyme_first, "--tones": tones,
+                                               "--novel": novel, "--best-of": best_of > 1}.items() if value), None)
+        _eval_couplet(checkpoint, corpus, generate_n, beam, temperature, top_k, top_p, seed, device, as_json, stray)
+        return
     if poems is not None or generate_n:
         _judge(checkpoint, device, poems, generate_n, form, acrostic, rhyme, rhyme_first, tones, novel, best_of, beam,
                temperature, top_k, top_p, seed, no_repeat, encoding, as_json)
@@ -720,6 +794,49 @@ def eval_(
         table.add_row("bpc, known characters only", f"{result.known_bpc:.4f}")
     if result.unigram_bpc is not None:
         table.add_row("unigram baseline bpc", f"{result.unigram_bpc:.4f}")
+    Console().print(table)
+
+
+def _task_of(path: Path) -> str:
+    from charlm import checkpoint
+
+    return checkpoint.task_of(path)
+
+
+def _eval_couplet(checkpoint, corpus, generate_n, beam, temperature, top_k, top_p, seed, device, as_json,
+                  stray) -> None:
+    from charlm.sample import SampleSettings
+    from charlm.seq2seq import DEFAULT_EVAL_ANSWERS, evaluate_pairs, validation_pairs
+
+    try:
+        if stray:
+            raise CharLMError(f"a couplet checkpoint is evaluated on pairs; {stray} is for language models")
+        settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p)
+        ckpt = _load(checkpoint, device, lines=False, task="couplet")
+        pairs, source, warnings = validation_pairs(ckpt, corpus)
+        for w in warnings:
+            _say("warning:", "yellow", w)
+        result = evaluate_pairs(ckpt.model, ckpt.vocab, pairs, answers=generate_n or DEFAULT_EVAL_ANSWERS,
+                                settings=settings, beam=beam, seed=seed or 0)
+        if as_json:
+            print(_dumps({"checkpoint": str(ckpt.path), "corpus": source, **result.to_dict()}))
+            return
+    except CharLMError as e:
+        _fail(str(e))
+        return
+    pct = lambda v, n: "–" if v is None else f"{v:.1%} of {n:,}"  # noqa: E731
+    table = Table(title=_literal(f"{ckpt.path} on {source}"))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("pairs", f"{result.pairs:,}")
+    table.add_row("second-line characters scored", f"{result.chars:,}")
+    table.add_row("bits per character, second line given the first", f"{result.bpc:.4f}")
+    table.add_row("perplexity", f"{result.perplexity:.2f}")
+    table.add_row("top-1 accuracy", f"{result.accuracy:.2%}")
+    table.add_row("unknown characters", f"{result.unknown_chars:,}")
+    table.add_row(f"tones opposed (2nd, 4th, 6th, last): model's answers to {result.answered:,} first lines",
+                  pct(result.tones_generated, result.tones_generated_judged))
+    table.add_row("tones opposed: the real second lines", pct(result.tones_real, result.tones_real_judged))
     Console().print(table)
 
 
