@@ -277,7 +277,7 @@ def train_pairs(path: str | Path, config: Config, out: str | Path, *, callbacks:
         saved = checkpoint.read_resume(out)
         saved_config = Config.from_dict(saved.get("config"))
         if saved_config.task != "couplet":
-            raise CharLMError(f"the run in {str(out)!r} trains a {saved_config.task} model, not a couplet model; "
+            raise CharLMError(f"the run in {str(out)!r} is a language model run, not a couplet run; "
                               f"resume it without --task couplet")
         config = resume_config(saved_config, config, changed or {})
         config.task = "couplet"
