@@ -240,6 +240,25 @@ def save(path: str | Path, model: CharLM, config: Config, vocab: Vocab, *, metri
     return p
 
 
+def export(source: str | Path, dest: str | Path, *, dtype: torch.dtype = torch.float32) -> Path:
+    """Copy the checkpoint at ``source`` (a run's best, or flat files) into ``dest`` as flat files,
+    the way the shipped models are stored, its weights in ``dtype`` (torch.bfloat16 halves them;
+    loading turns them back into float32). The training lines are copied when there are any."""
+    ckpt = load(source, lines=False)
+    d, meta, _ = read_config(Path(source))
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(dtype).contiguous() for k, v in unwrap(ckpt.model).state_dict().items()}
+    if ckpt.config.model.tie_weights and ckpt.config.task == "lm" and "head.weight" in tensors:
+        tensors.pop("head.weight")  # tied to the embedding: saved once, as save_model does
+    save_file(tensors, str(out / WEIGHTS), metadata={"format": "charlm", "format_version": str(FORMAT_VERSION)})
+    os.chmod(out / WEIGHTS, 0o666 & ~_UMASK)
+    for name in (VOCAB, CONFIG, LINES):
+        if (d / name).is_file():
+            shutil.copyfile(d / name, out / name)
+    return out
+
+
 def read_file(path: Path, what: str, max_bytes: int) -> bytes:
     """The bytes of ``path``, which must be a regular file of at most ``max_bytes``.
 

@@ -116,6 +116,20 @@ def test_save_and_load_give_identical_scores(mapping_run, tmp_path):
     assert not list(run.rglob("*.pt")) and not list(run.rglob("*.pkl"))
 
 
+def test_export_in_bf16_halves_the_weights_and_keeps_the_scores_close(mapping_run, tmp_path):
+    pairs, run, _ = mapping_run
+    flat = checkpoint.export(run, tmp_path / "flat", dtype=torch.bfloat16)
+    assert sorted(p.name for p in flat.iterdir()) == ["config.json", "model.safetensors", "vocab.json"]
+    full = (checkpoint.unit_dir(run) / "model.safetensors").stat().st_size
+    assert (flat / "model.safetensors").stat().st_size < 0.6 * full
+    a, b = checkpoint.load(run), checkpoint.load(flat)
+    assert b.config.task == "couplet" and b.model.embed.weight.dtype == torch.float32
+    for name, w in a.model.state_dict().items():
+        assert torch.equal(b.model.state_dict()[name], w.to(torch.bfloat16).float())
+    prep = prepare_pairs(pairs, a.config, a.vocab)
+    assert abs(score_pairs(a.model, prep.valid).bpc - score_pairs(b.model, prep.valid).bpc) < 0.05
+
+
 def test_a_language_model_checkpoint_is_not_read_as_a_couplet_one(mapping_run, tmp_path):
     _, run, _ = mapping_run
     d = checkpoint.unit_dir(run)
