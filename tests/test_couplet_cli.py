@@ -143,3 +143,20 @@ def test_wrong_checkpoints_and_options(couplet_run, trained):
     bad = pairs.parent / "bad.tsv"
     bad.write_text("明月松间照\t清泉石上\n", encoding="utf-8")
     _one_sentence(run("train", bad, "--out", pairs.parent / "bad", *TINY), "line 1", "different lengths")
+
+
+@pytest.mark.parametrize("tamper, words", [
+    (lambda t: t.pop("attn_v.weight"), ["tensor attn_v.weight is missing"]),
+    (lambda t: t.update({"bridge.weight": t["bridge.weight"][:, :3]}), ["tensor bridge.weight has shape"]),
+    (lambda t: t.update({"head_bias": t["head_bias"] * float("nan")}), ["non-finite weights", "head_bias"]),
+])
+def test_a_tampered_couplet_checkpoint_is_one_sentence(couplet_run, tmp_path, tamper, words):
+    from safetensors.torch import load_file, save_file
+
+    _, out = couplet_run
+    bad = checkpoint.export(out, tmp_path / "bad")
+    tensors = load_file(str(bad / "model.safetensors"))
+    tamper(tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(bad / "model.safetensors"))
+    for command in (["generate", "--couplet", "月雪木石竹"], ["eval"]):
+        _one_sentence(run(*command, "--checkpoint", bad), *words)

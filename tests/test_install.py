@@ -18,7 +18,10 @@ import pytest
 from charlm import checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT = json.loads((ROOT / "charlm" / "shipped.json").read_text(encoding="utf-8"))["default"]
+MANIFEST = json.loads((ROOT / "charlm" / "shipped.json").read_text(encoding="utf-8"))
+DEFAULT = MANIFEST["default"]
+SHIPPED = sorted(MANIFEST["models"], key=lambda n: n != DEFAULT)
+TASK_DEFAULTS = MANIFEST.get("task_defaults", {})
 
 
 def _run(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -80,7 +83,17 @@ def test_a_wheel_installed_in_a_fresh_venv_generates_with_the_shipped_model(tmp_
     assert _sha256(installed / "model.safetensors") == _sha256(ROOT / "checkpoints" / DEFAULT / "model.safetensors")
 
     r = _run(venv / "bin" / "charlm", "models", "--json", cwd=empty, env=env)
-    (model,) = json.loads(r.stdout)["models"]
+    found = json.loads(r.stdout)["models"]
+    assert [m["name"] for m in found] == SHIPPED  # the default first
+    model = found[0]
     assert (model["name"], model["path"], model["source"], model["default"]) == (DEFAULT, str(installed), "shipped", True)
+    assert all(m["source"] == "shipped" and not m["default"] and m["problem"] is None for m in found[1:])
+
+    for task, name in TASK_DEFAULTS.items():  # e.g. the couplet model answers from the wheel too
+        assert f"charlm/shipped/{name}/model.safetensors" in names
+        if task == "couplet":
+            r = _run(venv / "bin" / "charlm", "generate", "--couplet", "明月松间照", "--seed", 1, cwd=empty, env=env)
+            assert len(r.stdout.strip()) == 5
+            assert f"checkpoint: {site / 'charlm' / 'shipped' / name} (the model shipped with charlm)" in r.stderr
     assert model["parameters"] > 0 and model["problem"] is None
     assert os.listdir(empty) == []
