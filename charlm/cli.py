@@ -748,8 +748,8 @@ def eval_(
 
     A couplet checkpoint (charlm train --task couplet) reports the bpc of the second lines given
     the first, and the share of answers whose tones oppose the first line's at the 2nd, 4th, 6th
-    and last characters, beside the same share for the real second lines (--generate N first lines
-    answered, default 200; --beam K to answer by beam search).
+    and last characters, beside the same share for the real second lines (--generate N: how many
+    first lines are answered; --beam K: answered by beam search instead of sampling).
     """
     from charlm.data import read_corpus
     from charlm.evaluate import evaluate, validation_text
