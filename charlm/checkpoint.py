@@ -650,7 +650,7 @@ def find_default(explicit: str | Path | None, task: str = "lm") -> tuple[Path, s
         if found:
             newest = max(found, key=lambda d: config_path(d).stat().st_mtime)
             return newest, "newest under ./checkpoints/"
-    shipped = shipped_checkpoint(task)
+    shipped = shipped_checkpoint() if task == "lm" else shipped_checkpoint(task)
     if is_checkpoint(shipped):
         return shipped, "the model shipped with charlm"
     if task != "lm":
