@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from charlm.config import Config, ModelConfig, TrainConfig, parse_duration
-from charlm.couplet import read_pairs, split_pairs
+from charlm.couplet import flatten, read_pairs, split_pairs
 
 
 def _settings(args, budget: float) -> tuple[ModelConfig, TrainConfig]:
@@ -98,7 +98,7 @@ def main() -> None:
     budget = parse_duration(args.budget)
     poems = read_pairs(Path(args.pairs).read_text(encoding="utf-8"))
     tc = TrainConfig(seed=args.seed)
-    _, valid = split_pairs(poems, tc.valid_fraction, tc.seed)
+    valid = flatten(split_pairs(poems, tc.valid_fraction, tc.seed)[1])
     with tempfile.TemporaryDirectory() as d:
         lm_corpus = str(Path(d, "poems.txt"))
         Path(lm_corpus).write_text("".join("".join(f"{a}，{b}。" for a, b in pairs) + "\n" for pairs in poems),

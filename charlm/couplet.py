@@ -79,26 +79,27 @@ def read_pairs(text: str, what: str = "the pairs file") -> list[list[Pair]]:
     return poems
 
 
-def split_pairs(poems: list[list[Pair]], valid_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """(train, valid) pairs, split by poem with the language model's split (charlm.data.split_poems),
-    so both pairs of a poem land on one side. A file of one poem puts its last pair on the
-    validation side."""
+def split_pairs(poems: list[list[Pair]], valid_fraction: float, seed: int
+                ) -> tuple[list[list[Pair]], list[list[Pair]]]:
+    """(train, valid) poems of pairs, split by poem with the language model's split
+    (charlm.data.split_poems), so both pairs of a poem land on one side. A file of one poem puts
+    its last pair on the validation side."""
     if len(poems) == 1:
         pairs = poems[0]
         if len(pairs) < 2:
             raise CharLMError("the pairs file needs at least two pairs: one to train on, one to validate")
-        return pairs[:-1], pairs[-1:]
+        return [pairs[:-1]], [pairs[-1:]]
     text = "\n".join("\t".join(f"{a}\t{b}" for a, b in pairs) for pairs in poems)
     train, valid = split_poems(text, valid_fraction, seed)
 
-    def unpack(lines: list[str]) -> list[Pair]:
-        out = []
-        for line in lines:
-            cells = line.split("\t")
-            out += list(zip(cells[0::2], cells[1::2]))
-        return out
+    def unpack(lines: list[str]) -> list[list[Pair]]:
+        return [list(zip(cells[0::2], cells[1::2])) for cells in (line.split("\t") for line in lines)]
 
     return unpack(train), unpack(valid)
+
+
+def flatten(poems: list[list[Pair]]) -> list[Pair]:
+    return [pair for pairs in poems for pair in pairs]
 
 
 def pairs_text(pairs: list[Pair]) -> str:

@@ -65,7 +65,8 @@ def prepare_pairs(path: str | Path, config: Config, vocab: Vocab | None = None) 
     training pairs; encode both sides."""
     tc = config.train
     text, script = read_pairs_file(path, tc.encoding, vocab.script if vocab else None)
-    train, valid = split_pairs(read_pairs(text, f"pairs file {str(path)!r}"), tc.valid_fraction, tc.seed)
+    train_poems, valid_poems = split_pairs(read_pairs(text, f"pairs file {str(path)!r}"), tc.valid_fraction, tc.seed)
+    train, valid = [p for poem in train_poems for p in poem], [p for poem in valid_poems for p in poem]
     vocab = vocab or Vocab.from_text(pairs_text(train), tc.min_count, script)
     config.model.vocab_size = len(vocab)
     counts = np.bincount(vocab.encode(pairs_text(train)), minlength=len(vocab)).tolist()
@@ -82,7 +83,7 @@ def prepare_pairs(path: str | Path, config: Config, vocab: Vocab | None = None) 
         chars += len(valid[i][1])
     subset = encode_pairs(vocab, [valid[i] for i in sorted(kept)])
     corpus = {"path": str(path), "sha256": sha256_text(text), "characters": len(text),
-              "train_poems": len(train), "valid_poems": len(valid), "train_pairs": len(train),
+              "train_poems": len(train_poems), "valid_poems": len(valid_poems), "train_pairs": len(train),
               "valid_pairs": len(valid), "script": script, "unk_alpha": unk_alpha}
     return PreparedPairs(config, vocab, encode_pairs(vocab, train), valid_enc, subset, counts, corpus, unk_p)
 
@@ -494,7 +495,7 @@ def validation_pairs(ckpt, corpus: str | Path | None = None) -> tuple[list[Pair]
     if ckpt.corpus.get("sha256") and sha256_text(text) != ckpt.corpus["sha256"]:
         warnings.append(f"{stored} changed since training: its validation split may overlap the training data")
     _, valid = split_pairs(read_pairs(text, f"pairs file {stored!r}"), tc.valid_fraction, tc.seed)
-    return valid, f"validation split of {stored}", warnings
+    return [p for poem in valid for p in poem], f"validation split of {stored}", warnings
 
 
 def _share(flags: list[bool | None]) -> tuple[float | None, int]:

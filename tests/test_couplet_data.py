@@ -6,7 +6,7 @@ import json
 import pytest
 
 from charlm.corpora import as_regulated, build, couplets, main, render_couplets
-from charlm.couplet import read_pairs, split_pairs
+from charlm.couplet import flatten, read_pairs, split_pairs
 from charlm.errors import CharLMError
 from charlm.poetry import couplet_positions, tones_opposed, RhymeTable
 
@@ -65,9 +65,9 @@ def test_the_builder_writes_couplets_tsv_from_tang_and_song(tmp_path):
 def test_split_keeps_a_poems_pairs_together():
     poems = [[(f"甲{i:03d}", f"乙{i:03d}"), (f"丙{i:03d}", f"丁{i:03d}")] for i in range(200)]
     train, valid = split_pairs(poems, 0.1, seed=3)
-    assert len(valid) == 2 * 20 and len(train) == 2 * 180
+    assert len(valid) == 20 and len(train) == 180 and sorted(train + valid) == sorted(poems)
     sides = {}
-    for side, pairs in (("train", train), ("valid", valid)):
+    for side, pairs in (("train", flatten(train)), ("valid", flatten(valid))):
         for a, _ in pairs:
             sides.setdefault(a[1:], set()).add(side)
     assert all(len(s) == 1 for s in sides.values()) and len(sides) == 200
