@@ -29,7 +29,7 @@ from charlm.devices import grad_scaler, resolve_device, resolve_precision, rng_s
 from charlm.errors import CharLMError
 from charlm.evaluate import LN2, Score
 from charlm.model import count_parameters
-from charlm.poetry import RhymeTable, answer_tone, tones_opposed
+from charlm.poetry import LEVEL, OBLIQUE, RhymeTable, answer_tone, tones_opposed
 from charlm.sample import draw, filter_logits
 from charlm.train import (DIVERGENCE_LIMIT, Budget, Callbacks, FitResult, MetricsLog, StartInfo, StepEvent,
                           TrainState, ValidEvent, _catch_signals, _claim, _diverged, _finite, _output_dir, lr_at,
@@ -306,6 +306,21 @@ def check_first_line(first: str) -> None:
                           f"{MAX_LINE_CHARS}")
 
 
+@dataclass(frozen=True)
+class VocabMasks:
+    """Which vocabulary entries are Han characters, and which can be read 平 or 仄: computed once
+    per vocabulary and shared by the rules of every first line."""
+
+    han: torch.Tensor  # (V,) bool
+    tone: dict[str, torch.Tensor]  # 平 / 仄 → (V,) bool
+
+    @classmethod
+    def of(cls, vocab: Vocab, table: RhymeTable) -> "VocabMasks":
+        tones = [table.tones(c) if i > EOS_ID else frozenset() for i, c in enumerate(vocab.chars)]
+        return cls(torch.tensor([i > EOS_ID and is_han(c) for i, c in enumerate(vocab.chars)]),
+                   {t: torch.tensor([t in ts for ts in tones]) for t in (LEVEL, OBLIQUE)})
+
+
 class AnswerRules:
     """What the answer to ``first`` may write at each position, as masks over the vocabulary:
 
@@ -315,19 +330,20 @@ class AnswerRules:
     - no character of the first line, and no character twice, except where the first line repeats
       one: there the answer repeats its own character at the same positions (叠字 for 叠字)."""
 
-    def __init__(self, vocab: Vocab, first: str, table: RhymeTable | None = None) -> None:
+    def __init__(self, vocab: Vocab, first: str, table: RhymeTable | None = None,
+                 masks: VocabMasks | None = None) -> None:
         table = table or RhymeTable.default()
+        masks = masks or VocabMasks.of(vocab, table)
         self.length = len(first)
         self.echo = [first.index(c) if first.index(c) < j else None for j, c in enumerate(first)]
-        han = torch.tensor([i > EOS_ID and is_han(c) for i, c in enumerate(vocab.chars)])
-        self.base = han.clone()
+        self.base = masks.han.clone()
         for c in set(first):
             if c in vocab:
                 self.base[vocab.encode(c)[0]] = False
         self.tone = answer_tone(first, table)
         self.tone_at = self.echo[-1] if self.echo[-1] is not None else self.length - 1  # the last's first use
         if self.tone is not None:
-            self.toned = torch.tensor([i > EOS_ID and self.tone in table.tones(c) for i, c in enumerate(vocab.chars)])
+            self.toned = masks.tone[self.tone]
 
     def allowed(self, pos: int, prev: torch.Tensor) -> torch.Tensor:
         """(B, V) bool: what each row may write at position ``pos`` after its characters ``prev`` (B, pos)."""
@@ -519,9 +535,10 @@ def evaluate_pairs(model: CoupletModel, vocab: Vocab, pairs: list[Pair], *, answ
     generator = torch.Generator().manual_seed(seed)
     chosen = [p for p in pairs if all(is_han(c) for c in p[0])][:answers]
     generated, real = [], []
+    masks = VocabMasks.of(vocab, table)
     for first, second in chosen:
         try:
-            rules = AnswerRules(vocab, first, table)
+            rules = AnswerRules(vocab, first, table, masks)
             got = (beam_answers(model, vocab, first, 1, beam, rules) if beam else
                    sample_answers(model, vocab, first, 1, settings, generator, rules))[0].text
             generated.append(tones_opposed(first, got, table))
