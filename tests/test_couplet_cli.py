@@ -11,7 +11,7 @@ from charlm import checkpoint
 from charlm.cli import app
 from charlm.poetry import LEVEL, RhymeTable
 
-from test_couplet_model import MAPPING, mapping_pairs
+from test_couplet_model import mapping_pairs
 
 runner = CliRunner()
 TINY = ["--task", "couplet", "--embed", "16", "--hidden", "32", "--layers", "1", "--dropout", "0", "--batch-size",

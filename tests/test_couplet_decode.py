@@ -75,7 +75,7 @@ def test_the_rules_mask_by_hand(model_vocab):
     assert allowed.nonzero()[:, 0].tolist() == vocab.encode("花")
 
 
-def test_seeded_answers_repeat_and_int8_is_not_involved(model_vocab):
+def test_seeded_answers_repeat(model_vocab):
     model, vocab = model_vocab
     a = answer(model, vocab, "明月松间照", 3, seed=4)
     assert [x.text for x in a] == [x.text for x in answer(model, vocab, "明月松间照", 3, seed=4)]

@@ -5,13 +5,13 @@ import itertools
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from charlm import checkpoint
 from charlm.config import Config, ModelConfig, TrainConfig
 from charlm.couplet import CoupletModel, Memory, attend, expected_shapes
+from charlm.errors import CharLMError
 from charlm.seq2seq import beam_answers, prepare_pairs, score_pairs, train_pairs
 
 from conftest import InterruptAt
@@ -130,7 +130,7 @@ def test_export_in_bf16_halves_the_weights_and_keeps_the_scores_close(mapping_ru
     assert abs(score_pairs(a.model, prep.valid).bpc - score_pairs(b.model, prep.valid).bpc) < 0.05
 
 
-def test_a_language_model_checkpoint_is_not_read_as_a_couplet_one(mapping_run, tmp_path):
+def test_an_unknown_task_in_config_json_is_one_sentence(mapping_run, tmp_path):
     _, run, _ = mapping_run
     d = checkpoint.unit_dir(run)
     meta = json.loads((d / "config.json").read_text(encoding="utf-8"))
@@ -138,7 +138,7 @@ def test_a_language_model_checkpoint_is_not_read_as_a_couplet_one(mapping_run, t
     meta["config"]["task"] = "poems"
     (d / "config.json").write_text(json.dumps(meta), encoding="utf-8")
     try:
-        with pytest.raises(Exception, match="task must be one of lm, couplet"):
+        with pytest.raises(CharLMError, match="task must be one of lm, couplet, not 'poems'"):
             checkpoint.load(run)
     finally:
         meta["config"]["task"] = "couplet"
@@ -168,8 +168,6 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
 
 def test_a_language_model_run_is_not_resumed_as_a_couplet_one(trained, tmp_path):
     import shutil
-
-    from charlm.errors import CharLMError
 
     run = tmp_path / "run"
     shutil.copytree(trained, run, symlinks=True)
