@@ -16,7 +16,6 @@ from pathlib import Path
 
 from charlm import checkpoint
 from charlm.errors import CharLMError
-from charlm.model import planned_size
 
 LOCAL = Path("checkpoints")
 SHIPPED, USER = "shipped", "local"  # where a model was found: with charlm, or under ./checkpoints/
@@ -69,7 +68,7 @@ def describe(path: Path, name: str, source: str, default: bool = False) -> Model
         if not weights.is_file():
             raise CharLMError(f"checkpoint {str(path)!r} has " + (f"a {checkpoint.WEIGHTS} that is not a regular file"
                               if os.path.lexists(weights) else f"no {checkpoint.WEIGHTS}"))
-        parameters = planned_size(config.model)
+        parameters = checkpoint.parameters(config)
         if checkpoint.task_of(meta) == checkpoint.TASK_CLASSIFY:  # the encoder's, and the head's
             from charlm.classifier import ClassifierConfig, classifier_shapes
 

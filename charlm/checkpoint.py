@@ -47,7 +47,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from charlm import __version__
 from charlm.config import Config
 from charlm.errors import CharLMError, describe
-from charlm.model import CharLM, expected_shapes, planned_size
+from charlm.model import MAX_PARAMETERS, CharLM, expected_shapes, planned_size
 from charlm.vocab import Vocab
 
 FORMAT_VERSION = 1
@@ -378,6 +378,25 @@ def _vocab_from(data: dict, what: str) -> tuple[Vocab, list[int] | None]:
         raise CharLMError(f"{what} has an invalid vocab.json: {e}") from None
 
 
+def architecture(config: Config) -> tuple[type, Callable]:
+    """The model class a config's task builds, and the function giving its tensors' shapes."""
+    if config.task == "couplet":
+        from charlm import couplet
+
+        return couplet.CoupletModel, couplet.expected_shapes
+    return CharLM, expected_shapes
+
+
+def parameters(config: Config) -> int:
+    """The values the config's model holds, computed without allocating them (capped as planned_size)."""
+    n = planned_size(config.model)  # refuses a language model beyond the cap with a sentence
+    if config.task != "lm":
+        n = sum(math.prod(s) for s in architecture(config)[1](config.model).values())
+        if n > 2 * MAX_PARAMETERS:
+            raise CharLMError(f"a model of {n:,} parameters is larger than charlm builds")
+    return n
+
+
 def _check_weights(p: Path, config: Config, what: str,
                    shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
     """Check model.safetensors against the shapes the config needs, reading only its header and
@@ -385,11 +404,12 @@ def _check_weights(p: Path, config: Config, what: str,
     a plausible size, and every tensor is present, expected, floating point and of the right
     shape. Returns the expected shapes (name → shape): ``shapes`` when given (a classifier's)."""
     try:
-        n = planned_size(config.model)
+        n = parameters(config)
     except CharLMError as e:
         raise CharLMError(f"{what} cannot be loaded: {e}") from None
-    shapes = shapes if shapes is not None else expected_shapes(config.model)
-    n += sum(math.prod(s) for s in shapes.values()) - sum(math.prod(s) for s in expected_shapes(config.model).values())
+    planned = architecture(config)[1](config.model)
+    shapes = shapes if shapes is not None else planned
+    n += sum(math.prod(s) for s in shapes.values()) - sum(math.prod(s) for s in planned.values())
     path = p / WEIGHTS
     try:
         info = path.stat()
@@ -480,17 +500,24 @@ def read_config(path: str | Path) -> tuple[Path, dict, Config]:
     return d, meta, _config_from(meta, what)
 
 
-TASK_LM, TASK_CLASSIFY = "lm", "classify"
+TASK_LM, TASK_CLASSIFY, TASK_COUPLET = "lm", "classify", "couplet"
 
 
 def task_of(meta: dict) -> str:
-    """What a checkpoint's config.json says it is: a language model, or a classifier."""
-    return TASK_CLASSIFY if "classifier" in meta else TASK_LM
+    """What a checkpoint's config.json says it is: a language model, a couplet model (its config's
+    task), or a classifier (a config with a "classifier" section)."""
+    if "classifier" in meta:
+        return TASK_CLASSIFY
+    config = meta.get("config")
+    task = config.get("task") if isinstance(config, dict) else None
+    return task if task == TASK_COUPLET else TASK_LM
 
 
 def _refuse_task(p: Path, meta: dict, wanted: str) -> None:
+    """A classifier where a network of characters is wanted, or the other way round (load() reads
+    language and couplet models alike; the caller tells those apart by config.task)."""
     task = task_of(meta)
-    if task != wanted:
+    if (task == TASK_CLASSIFY) != (wanted == TASK_CLASSIFY):
         raise CharLMError(
             f"checkpoint {str(p)!r} is a classifier, not a language model; use it with `charlm classify`"
             if task == TASK_CLASSIFY else
@@ -530,7 +557,7 @@ def _load(p: Path, d: Path, meta: dict, config: Config, device, lines: bool, cla
                           f"characters, vocabulary has {len(vocab)}")
     if classifier is None:
         shapes = _check_weights(d, config, what)
-        model = CharLM(config.model)
+        model = architecture(config)[0](config.model)
     else:
         from charlm.classifier import CharClassifier, classifier_shapes
 
@@ -734,6 +761,9 @@ def choose_checkpoint(explicit: str | Path | None, task: str = TASK_LM, genre: s
     if task == TASK_CLASSIFY:
         raise CharLMError("no classifier found: train one with `charlm train --task classify LABELLED.tsv` "
                           "or pass --checkpoint DIR")
+    if task != TASK_LM:
+        raise CharLMError(f"no {task} checkpoint found: train one with `charlm train --task {task} FILE` "
+                          f"or pass --checkpoint DIR")
     raise CharLMError("no checkpoint found: train one with `charlm train CORPUS` or pass --checkpoint DIR")
 
 

@@ -95,15 +95,24 @@ def _dumps(data: dict) -> str:
     return "".join(_json_escape(c) if is_unprintable(c) else c for c in text)
 
 
-def _load(checkpoint_dir: Optional[Path], device: str = "cpu", lines: bool = True, genre: Optional[str] = None):
-    """The checkpoint to use (``genre``: the genre of the --form asked for, which may choose the
-    shipped model), loaded; which one, and why, on stderr."""
+def _load(checkpoint_dir: Optional[Path], device: str = "cpu", lines: bool = True, task: str | None = "lm",
+          genre: Optional[str] = None):
+    """The checkpoint to use: --checkpoint, else the default for ``task`` (and ``genre``: the genre
+    of the --form asked for, which may choose the shipped model), loaded; which one, and why, on
+    stderr. A checkpoint of another task is refused with a sentence saying how to use it
+    (``task=None`` takes any)."""
     from charlm import checkpoint
     from charlm.devices import resolve_device
 
     place = resolve_device(device)  # a bad --device is refused before anything is read
-    path, why, warning = checkpoint.choose_checkpoint(checkpoint_dir, genre=genre)
+    path, why, warning = checkpoint.choose_checkpoint(checkpoint_dir, task or "lm", genre)
     ckpt = checkpoint.load(path, device=place, lines=lines)
+    if task is not None and ckpt.config.task != task:
+        if ckpt.config.task == "couplet":
+            raise CharLMError(f"checkpoint {str(path)!r} is a couplet model: it answers a first line, "
+                              f"given with --couplet 上联")
+        raise CharLMError(f"checkpoint {str(path)!r} is a language model, not a couplet model; "
+                          f"give a couplet checkpoint (charlm train --task couplet) or leave out --checkpoint")
     err.print(_literal(f"checkpoint: {path} ({why})", style="dim"), soft_wrap=True)
     if warning:
         _say("warning:", "yellow", warning)
@@ -116,9 +125,10 @@ class _Display:
     """Rich live display for the trainer's callbacks. A terminal that goes away (closed stderr,
     a hung-up ssh session) silences the display; training goes on and saves as usual."""
 
-    def __init__(self, progress: Progress, sample_seed: int) -> None:
+    def __init__(self, progress: Progress, sample_seed: int, task: str = "lm") -> None:
         self.progress = progress
-        self.task = progress.add_task("training", total=1000, stats="")
+        self.task = task
+        self.bar = progress.add_task("training", total=1000, stats="")
         self.sample_seed = sample_seed
         self.alive = True
 
@@ -147,7 +157,7 @@ class _Display:
 
     def on_step(self, e) -> None:
         self._show(lambda: self.progress.update(
-            self.task, completed=min(1000, int(e.progress * 1000)), description=f"step {e.step}",
+            self.bar, completed=min(1000, int(e.progress * 1000)), description=f"step {e.step}",
             stats=f"loss {e.loss:.2f} bpc {e.bpc:.2f} {e.chars_per_sec / 1000:.1f}k char/s lr {e.lr:.0e}",
         ))
 
@@ -168,7 +178,12 @@ class _Display:
         g = torch.Generator().manual_seed(self.sample_seed)
         was_training = model.training
         try:
-            sample = generate(model, vocab, settings=SampleSettings(temperature=0.8, max_chars=64), generator=g)
+            if self.task == "couplet":
+                from charlm.seq2seq import demo_answer
+
+                sample = demo_answer(model, vocab, g)
+            else:
+                sample = generate(model, vocab, settings=SampleSettings(temperature=0.8, max_chars=64), generator=g)
         except CharLMError as failure:  # e.g. weights gone non-finite: the trainer will say so
             sample = f"(no sample: {failure})"
         finally:
@@ -181,7 +196,7 @@ class _Display:
         self._show(lambda: self.progress.console.print(line, soft_wrap=True))
 
 
-TASKS = ("lm", "classify")  # what `charlm train --task` builds
+TASKS = ("lm", "classify", "couplet")  # what `charlm train --task` builds
 
 # Each training option and the configuration field it sets: what --resume compares and keeps.
 TRAIN_FIELDS = {
@@ -211,7 +226,8 @@ def _given_options(ctx: typer.Context) -> dict[str, str]:
 @app.command()
 def train(
     ctx: typer.Context,
-    corpus: Annotated[Path, typer.Argument(help="A UTF-8 text file; one poem (or paragraph) per line.")],
+    corpus: Annotated[Path, typer.Argument(help="A UTF-8 text file; one poem (or paragraph) per line. With --task couplet, a pairs file: 上联<TAB>下联 a line, a blank line between poems.")],
+    task: Annotated[str, typer.Option(help="lm: a language model of CORPUS; classify: a classifier of CORPUS's label<TAB>poem lines (charlm classify); couplet: the encoder–decoder that answers a couplet's first line (CORPUS: 上联<TAB>下联 lines).")] = TASKS[0],
     out: Annotated[Optional[Path], typer.Option(help="Checkpoint directory. Default: checkpoints/<corpus stem>.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.", min=1)] = None,
     max_time: Annotated[Optional[str], typer.Option(help="Stop after this much training time in all: 90s, 10m, 1h.")] = None,
@@ -248,7 +264,6 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out with its saved settings; a new --max-steps, --max-time or --epochs replaces its budget.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh even if --out holds another run, replacing it.")] = False,
     tensorboard: Annotated[Optional[Path], typer.Option(help="Also write the training and validation curves into this folder for TensorBoard (pip install 'charlm[tensorboard]').")] = None,
-    task: Annotated[str, typer.Option(help="lm: a language model of CORPUS; classify: a classifier of CORPUS's label<TAB>poem lines (charlm classify).")] = TASKS[0],
     init_from: Annotated[Optional[Path], typer.Option(help="--task classify: start the encoder from this language model's checkpoint (its vocabulary and model settings are used).")] = None,
     pooling: Annotated[str, typer.Option(help=f"--task classify: what the label is read from: {' or '.join(POOLINGS)} (the final state, or the mean of the states).")] = POOLINGS[0],
 ) -> None:
@@ -284,6 +299,7 @@ def train(
                 precision=precision, device=device,
                 encoding=encoding, ema=ema, unk_alpha=parse_unk_alpha(unk_alpha),
             ),
+            task="couplet" if task == "couplet" else "lm",  # a classifier is marked by its own config section
         )
         if tensorboard is not None:
             from charlm.tensorboard_log import TensorBoardLog
@@ -297,7 +313,7 @@ def train(
         columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=12), TaskProgressColumn(),
                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
                    TimeRemainingColumn(compact=True)]
-        display = _Display(Progress(*columns, console=err, transient=False), seed)
+        display = _Display(Progress(*columns, console=err, transient=False), seed, task)
         if task == "classify":
             from charlm.classify import train_labelled
 
@@ -312,9 +328,16 @@ def train(
                     board.close()
             return _classify_summary(result, corpus)
         try:
-            result = train_corpus(Source(corpus, encoding), config, out_dir, corpus_path=str(corpus),
-                                  callbacks=MultiCallbacks(display, board) if board else display, resume=resume,
-                                  overwrite=overwrite, changed=_given_options(ctx) if resume else None)
+            if task == "couplet":
+                from charlm.seq2seq import train_pairs
+
+                result = train_pairs(corpus, config, out_dir, callbacks=MultiCallbacks(display, board) if board
+                                     else display, resume=resume, overwrite=overwrite,
+                                     changed=_given_options(ctx) if resume else None)
+            else:
+                    result = train_corpus(Source(corpus, encoding), config, out_dir, corpus_path=str(corpus),
+                                      callbacks=MultiCallbacks(display, board) if board else display, resume=resume,
+                                      overwrite=overwrite, changed=_given_options(ctx) if resume else None)
         finally:
             display.close()
             if board is not None:
@@ -472,8 +495,13 @@ def generate(
     list_forms: Annotated[bool, typer.Option("--list-forms", help=(
         "List every --form instead: the regulated ones and each tune, with its lines, line lengths and "
         "the corpus ci it was learned from."))] = False,
+    couplet: Annotated[Optional[str], typer.Option(help=(
+        "Answer this first line of a couplet (上联) with a couplet model (default: the shipped one): lines of "
+        "the same length, the last tone opposite, no character of the first line reused."), show_default=False)] = None,
 ) -> None:
     """Write poems that continue --prompt; each stops at the end of the poem or --max-chars.
+
+    With --couplet 上联, answer that first line instead: -n answers (by --beam K, or sampled), one a line.
 
     A single poem streams to the terminal as it is written. With --form, --acrostic, --best-of or
     --beam on a terminal, each poem is shown in a panel with its score (mean log-probability per
@@ -486,6 +514,13 @@ def generate(
     _need_stdout("the forms" if list_forms else "the poems")
     if list_forms:
         _list_forms(as_json)
+        return
+    if couplet is not None:
+        given = {"--prompt": prompt, "--form": form, "--acrostic": acrostic, "--rhyme": rhyme,
+                 "--rhyme-first": rhyme_first, "--tones": tones, "--novel": novel, "--max-chars": max_chars,
+                 "--best-of": best_of > 1, "--no-repeat/--repeat": no_repeat is not None}
+        _answer_couplet(checkpoint, couplet, n, beam, seed, device, as_json, temperature, top_k, top_p,
+                        next((flag for flag, value in given.items() if value), None))
         return
     fancy = bool(form or acrostic or best_of > 1 or beam) and sys.stdout.isatty() and not as_json
     stream = n == 1 and best_of == 1 and not beam and not as_json and not fancy
@@ -552,6 +587,34 @@ def _list_forms(as_json: bool) -> None:
         table.add_row(_literal(f.name), f.genre, str(f.lines), " ".join(map(str, f.lengths)),
                       f"{f.examples:,}" if f.examples else "–")
     Console().print(table)
+
+
+def _answer_couplet(checkpoint, first, n, beam, seed, device, as_json, temperature, top_k, top_p, stray) -> None:
+    """charlm generate --couplet: answers to a first line, one a line, or JSON."""
+    from charlm.sample import SampleSettings
+    from charlm.seq2seq import answer, check_first_line, checks
+
+    try:
+        if stray:
+            raise CharLMError(f"--couplet answers one first line and does not take {stray}")
+        check_first_line(first.strip())  # before any model is loaded
+        settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p)
+        ckpt = _load(checkpoint, device, lines=False, task="couplet")
+        results = answer(ckpt.model, ckpt.vocab, first, n, beam=beam, settings=settings, seed=seed)
+        if as_json:
+            line = ckpt.vocab.normalize(first.strip())
+            poems = [{"text": r.text, "logprob": r.logprob, "score": r.score, "checks": checks(line, r.text)}
+                     for r in results]
+            print(_dumps({"checkpoint": str(ckpt.path), "couplet": line, "samples": [r.text for r in results],
+                          "poems": poems}))
+        else:
+            for r in results:
+                _print_line(r.text)
+    except CharLMError as e:
+        _fail(str(e))
+    except BrokenPipeError:
+        sys.stderr.close()
+        raise typer.Exit(0)
 
 
 # -- compose -----------------------------------------------------------------------------------
@@ -774,6 +837,11 @@ def eval_(
     With --poems FILE, or --generate N (sampling options as in `charlm generate`), judge poems
     instead: form, rhyme (平水韵; 词林正韵 for a tune) and 平仄 validity, distinct-1/2, and the copy rate against the
     training text.
+
+    A couplet checkpoint (charlm train --task couplet) reports the bpc of the second lines given
+    the first, and the share of answers whose tones oppose the first line's at the 2nd, 4th, 6th
+    and last characters, beside the same share for the real second lines (--generate N: how many
+    first lines are answered; --beam K: answered by beam search instead of sampling).
     """
     from charlm.data import read_corpus
     from charlm.evaluate import evaluate, validation_text
@@ -781,6 +849,12 @@ def eval_(
     _need_stdout("the figures")
     if poems is None and not generate_n and checkpoint is not None and _is_classifier(checkpoint):
         _eval_classifier(checkpoint, corpus, encoding, device, as_json)
+        return
+    if checkpoint is not None and _task_of(checkpoint) == "couplet":
+        stray = next((flag for flag, value in {"--poems": poems, "--form": form, "--acrostic": acrostic,
+                                               "--rhyme": rhyme, "--rhyme-first": rhyme_first, "--tones": tones,
+                                               "--novel": novel, "--best-of": best_of > 1}.items() if value), None)
+        _eval_couplet(checkpoint, corpus, generate_n, beam, temperature, top_k, top_p, seed, device, as_json, stray)
         return
     if poems is not None or generate_n:
         _judge(checkpoint, device, poems, generate_n, form, acrostic, rhyme, rhyme_first, tones, novel, best_of, beam,
@@ -815,6 +889,53 @@ def eval_(
         table.add_row("bpc, known characters only", f"{result.known_bpc:.4f}")
     if result.unigram_bpc is not None:
         table.add_row("unigram baseline bpc", f"{result.unigram_bpc:.4f}")
+    Console().print(table)
+
+
+def _task_of(path: Path) -> str:
+    """The task --checkpoint names (lm for one that cannot be read: loading it says why)."""
+    from charlm import checkpoint
+
+    try:
+        return checkpoint.task_of(checkpoint.read_config(path)[1])
+    except (CharLMError, OSError):
+        return checkpoint.TASK_LM
+
+
+def _eval_couplet(checkpoint, corpus, generate_n, beam, temperature, top_k, top_p, seed, device, as_json,
+                  stray) -> None:
+    from charlm.sample import SampleSettings
+    from charlm.seq2seq import DEFAULT_EVAL_ANSWERS, evaluate_pairs, validation_pairs
+
+    try:
+        if stray:
+            raise CharLMError(f"a couplet checkpoint is evaluated on pairs; {stray} is for language models")
+        settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p)
+        ckpt = _load(checkpoint, device, lines=False, task="couplet")
+        pairs, source, warnings = validation_pairs(ckpt, corpus)
+        for w in warnings:
+            _say("warning:", "yellow", w)
+        result = evaluate_pairs(ckpt.model, ckpt.vocab, pairs, answers=generate_n or DEFAULT_EVAL_ANSWERS,
+                                settings=settings, beam=beam, seed=seed or 0)
+        if as_json:
+            print(_dumps({"checkpoint": str(ckpt.path), "corpus": source, **result.to_dict()}))
+            return
+    except CharLMError as e:
+        _fail(str(e))
+        return
+    pct = lambda v, n: "–" if v is None else f"{v:.1%} of {n:,}"  # noqa: E731
+    table = Table(title=_literal(f"{ckpt.path} on {source}"))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("pairs", f"{result.pairs:,}")
+    table.add_row("second-line characters scored", f"{result.chars:,}")
+    table.add_row("bits per character, second line given the first", f"{result.bpc:.4f}")
+    table.add_row("perplexity", f"{result.perplexity:.2f}")
+    table.add_row("top-1 accuracy", f"{result.accuracy:.2%}")
+    table.add_row("unknown characters", f"{result.unknown_chars:,}")
+    table.add_row(f"tones opposed (2nd, 4th, 6th, last): model's answers to {result.answered:,} first lines",
+                  pct(result.tones_generated, result.tones_generated_judged))
+    table.add_row("tones opposed: the real second lines", pct(result.tones_real, result.tones_real_judged))
     Console().print(table)
 
 

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field, fields
 from charlm.errors import CharLMError, describe
 
 CELLS = ("lstm", "gru", "rnn", "irnn")
+# What a model does: lm, the language model; couplet, the encoder–decoder that answers a first
+# line of a couplet (charlm.couplet). Saved as the root config's "task"; older files are lm.
+TASKS = ("lm", "couplet")
 DEFAULT_EPOCHS = 10  # the budget of a run given none
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"  # charlm.devices reads them
@@ -141,6 +144,10 @@ class Config:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    task: str = "lm"
+
+    def __post_init__(self) -> None:
+        _check(self.task in TASKS, f"--task must be one of {', '.join(TASKS)}, not {describe(self.task)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,7 +162,11 @@ class Config:
             _check(section in data, f"the config has no {section!r} section")
         train = _build(TrainConfig, "train", data["train"])
         train.setdefault("unk_alpha", 0.0)  # written before --unk-alpha existed: trained without it
-        return cls(model=ModelConfig(**_build(ModelConfig, "model", data["model"])), train=TrainConfig(**train))
+        task = data.get("task", "lm")
+        _check(isinstance(task, str) and task in TASKS,
+               f"config field task must be one of {', '.join(TASKS)}, not {describe(task)}")
+        return cls(model=ModelConfig(**_build(ModelConfig, "model", data["model"])), train=TrainConfig(**train),
+                   task=task)
 
 
 def _build(cls, section: str, data: object) -> dict:

@@ -26,6 +26,8 @@ With ``--tang-song`` (which implies ``--all``) it also writes ``tang-song.tsv``,
 A body found in both dynasties is dropped from both (it cannot be told apart), and the Song side is a
 sample, fixed by ``--seed``, of as many poems as the Tang side has, so the classes are balanced. Not
 committed (about 20 MB; ``.gitignore`` lists it).
+
+    corpora = build(args.source, song=args.all or args.couplets)
 """
 
 from __future__ import annotations
@@ -80,6 +82,40 @@ def as_quatrain(body: str) -> str | None:
     if len(body) != 4 * len(clauses[0]) + 4:
         return None
     return f"{clauses[0]}，{clauses[1]}。{clauses[2]}，{clauses[3]}。"
+
+
+def as_regulated(body: str) -> list[str] | None:
+    """The eight lines of a 五律 or 七律 (8 lines of 5 or 7 Han characters, the source's own
+    clause ends), else None."""
+    clauses = [c for c in re.split(f"[{LINE_ENDS}]", body) if c]
+    if len(clauses) != 8 or len({len(c) for c in clauses}) != 1 or len(clauses[0]) not in (5, 7):
+        return None
+    if not all(is_han(ch) for c in clauses for ch in c):
+        return None
+    if len(body) != 8 * len(clauses[0]) + 8:  # no stray punctuation inside a line
+        return None
+    return clauses
+
+
+def couplets(poems: list[str]) -> list[list[tuple[str, str]]]:
+    """For each regulated poem, its parallel couplets (lines 3–4 and 5–6) not seen before: one
+    list per poem, poems with none left out."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for body in poems:
+        lines = as_regulated(body)
+        if lines is None:
+            continue
+        pairs = [(lines[i], lines[i + 1]) for i in (2, 4) if (lines[i], lines[i + 1]) not in seen]
+        seen.update(pairs)
+        if pairs:
+            out.append(pairs)
+    return out
+
+
+def render_couplets(poems: list[list[tuple[str, str]]]) -> str:
+    """couplets.tsv: ``上联<TAB>下联`` lines, a blank line after each poem's pairs."""
+    return "".join("".join(f"{a}\t{b}\n" for a, b in pairs) + "\n" for pairs in poems)
 
 
 def _open_source(source: Path, song: bool = False, ci: bool = False) -> Iterator[tuple[str, bytes]]:
@@ -208,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("corpora"))
     ap.add_argument("--all", action="store_true",
                     help="also write song.txt (全宋诗) and all.txt (Tang and Song), tens of MB, not committed")
+    ap.add_argument("--couplets", action="store_true",
+                    help="also write couplets.tsv: the parallel couplets of Tang and Song 五律/七律 (reads the Song poems)")
     ap.add_argument("--ci", action="store_true",
                     help="also write songci.txt (the Song ci) and cipai.json (the tune table learned from them)")
     ap.add_argument("--tang-song", action="store_true",
@@ -215,10 +253,17 @@ def main(argv: list[str] | None = None) -> None:
                          "implies --all")
     ap.add_argument("--seed", type=int, default=TANG_SONG_SEED, help="which Song poems --tang-song samples")
     args = ap.parse_args(argv)
-    corpora = build(args.source, song=args.all or args.tang_song)
+    corpora = build(args.source, song=args.all or args.tang_song or args.couplets)
     if args.tang_song:
         corpora["tang-song.tsv"] = tang_song(corpora["tang.txt"], corpora["song.txt"], args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.couplets:
+        pairs = couplets(corpora["all.txt"])
+        (args.out / "couplets.tsv").write_text(render_couplets(pairs), encoding="utf-8", newline="\n")
+        print(f"couplets.tsv: {sum(map(len, pairs))} pairs from {len(pairs)} poems", file=sys.stderr)
+        if not args.all:
+            for name in ("song.txt", "all.txt"):
+                corpora.pop(name)
     if args.ci:
         ci = build_ci(args.source)
         corpora["songci.txt"] = [body for _, body in ci]

@@ -611,3 +611,34 @@ def repetition(text: str) -> tuple[bool, int]:
     han = [c for c in text if is_han(c)]
     bigrams = [a + b for line in split_lines(text) for a, b in zip(line, line[1:]) if is_han(a) and is_han(b)]
     return len(bigrams) != len(set(bigrams)), max(Counter(han).values(), default=0)
+
+
+# -- couplets (对仗) ----------------------------------------------------------------------------
+
+
+def couplet_positions(chars: int) -> list[int]:
+    """0-based positions whose tones a couplet's lines oppose: the 2nd, 4th and 6th characters
+    (those the line has before its last) and the last."""
+    return sorted({p for p in (1, 3, 5) if p < chars - 1} | {chars - 1}) if chars else []
+
+
+def answer_tone(first: str, table: RhymeTable) -> str | None:
+    """The tone the answer's last character must have: the opposite of the first line's last
+    character (仄 → 平, 平 → 仄), or None where that character's tone is unknown or either."""
+    tones = table.tones(first[-1]) if first else frozenset()
+    return _opposite(next(iter(tones))) if len(tones) == 1 else None
+
+
+def tones_opposed(first: str, second: str, table: RhymeTable) -> bool | None:
+    """Whether the two lines of a couplet oppose in tone at every couplet_positions position: a
+    position opposes when some reading of one character differs from some reading of the other
+    (看, read either way, opposes anything). None where a character there has no known tone."""
+    if len(first) != len(second) or not first:
+        return False
+    for p in couplet_positions(len(first)):
+        a, b = table.tones(first[p]), table.tones(second[p])
+        if not a or not b:
+            return None
+        if not any(x != y for x in a for y in b):
+            return False
+    return True

@@ -756,7 +756,11 @@ def train_corpus(corpus: str | encoded.Source, config: Config, out: str | Path, 
         saved = checkpoint.read_resume(out)
         if "classifier" in saved:
             raise CharLMError(f"the run in {str(out)!r} trains a classifier; resume it with --task classify")
-        config = resume_config(Config.from_dict(saved.get("config")), config, changed or {})
+        saved_config = Config.from_dict(saved.get("config"))
+        if saved_config.task != config.task:
+            raise CharLMError(f"the run in {str(out)!r} was started with --task {saved_config.task}; resume it "
+                              f"with --task {saved_config.task}")
+        config = resume_config(saved_config, config, changed or {})
         vocab, _ = checkpoint.read_resume_vocab(out)
     prep = prepare(corpus, config, corpus_path, vocab)
     if resume:

@@ -18,8 +18,9 @@ import pytest
 from charlm import checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = json.loads((ROOT / "charlm" / "shipped.json").read_text(encoding="utf-8"))
-DEFAULT = SHIPPED["default"]
+MANIFEST = json.loads((ROOT / "charlm" / "shipped.json").read_text(encoding="utf-8"))
+DEFAULT = MANIFEST["default"]
+SHIPPED = sorted(MANIFEST["models"], key=lambda n: n != DEFAULT)
 
 
 def _run(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -86,16 +87,23 @@ def test_a_wheel_installed_in_a_fresh_venv_generates_with_the_shipped_model(tmp_
     assert _sha256(site / "charlm" / "cipai.json") == _sha256(ROOT / "corpora" / "cipai.json")
 
     r = _run(venv / "bin" / "charlm", "models", "--json", cwd=empty, env=env)
-    model, *others = json.loads(r.stdout)["models"]
+    found = json.loads(r.stdout)["models"]
+    assert [m["name"] for m in found] == SHIPPED  # the default first
+    model = found[0]
     assert (model["name"], model["path"], model["source"], model["default"]) == (DEFAULT, str(installed), "shipped", True)
+    assert all(m["source"] == "shipped" and not m["default"] and m["problem"] is None for m in found[1:])
+
+    # the couplet model answers from the wheel too
+    assert f"charlm/shipped/{MANIFEST['couplet']}/model.safetensors" in names
+    r = _run(venv / "bin" / "charlm", "generate", "--couplet", "明月松间照", "--seed", 1, cwd=empty, env=env)
+    assert len(r.stdout.strip()) == 5
+    assert f"checkpoint: {site / 'charlm' / 'shipped' / MANIFEST['couplet']} (the model shipped with charlm)" in r.stderr
     assert model["parameters"] > 0 and model["problem"] is None
-    assert [m["name"] for m in others] == [n for n in SHIPPED["models"] if n != DEFAULT]
-    assert all(m["source"] == "shipped" and not m["default"] and m["problem"] is None for m in others)
 
     # the shipped classifier is the default of charlm classify, and generate's stays the language model
     r = _run(venv / "bin" / "charlm", "classify", "--json", "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
              cwd=empty, env=env)
-    classifier = site / "charlm" / "shipped" / SHIPPED["classify"]
+    classifier = site / "charlm" / "shipped" / MANIFEST["classify"]
     assert f"checkpoint: {classifier} (the model shipped with charlm)" in r.stderr
     (result,) = json.loads(r.stdout)["results"]
     assert result["label"] in result["probs"] and sum(result["probs"].values()) == pytest.approx(1)
