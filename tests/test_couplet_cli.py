@@ -139,7 +139,7 @@ def test_wrong_checkpoints_and_options(couplet_run, trained):
     _one_sentence(run("eval", "--checkpoint", out, "--form", "五绝"), "--form is for language models")
     _one_sentence(run("compose", "--form", "五绝", "--checkpoint", out), "is a couplet model")
     _one_sentence(run("train", pairs, "--out", out, "--resume", "--task", "lm"), "--task couplet")
-    _one_sentence(run("train", pairs, "--out", out, "--task", "poems"), "--task must be one of lm, couplet")
+    _one_sentence(run("train", pairs, "--out", out, "--task", "poems"), "--task must be one of lm, classify, couplet")
     bad = pairs.parent / "bad.tsv"
     bad.write_text("明月松间照\t清泉石上\n", encoding="utf-8")
     _one_sentence(run("train", bad, "--out", pairs.parent / "bad", *TINY), "line 1", "different lengths")

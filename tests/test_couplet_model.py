@@ -119,7 +119,7 @@ def test_save_and_load_give_identical_scores(mapping_run, tmp_path):
 def test_export_in_bf16_halves_the_weights_and_keeps_the_scores_close(mapping_run, tmp_path):
     pairs, run, _ = mapping_run
     flat = checkpoint.export(run, tmp_path / "flat", bf16=True)
-    assert sorted(p.name for p in flat.iterdir()) == ["config.json", "model.safetensors", "vocab.json"]
+    assert sorted(p.name for p in flat.iterdir()) == ["config.json", "metrics.jsonl", "model.safetensors", "vocab.json"]
     full = (checkpoint.unit_dir(run) / "model.safetensors").stat().st_size
     assert (flat / "model.safetensors").stat().st_size < 0.6 * full
     a, b = checkpoint.load(run), checkpoint.load(flat)
