@@ -541,7 +541,7 @@ def generate(
         settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p,
                                   max_chars=_S.max_chars if max_chars is None else max_chars)
         parsed = _form(form)
-        ckpt = _load(checkpoint, device, genre=parsed.genre if parsed else None)
+        ckpt = _load(checkpoint, device, lines=novel, genre=parsed.genre if parsed else None)  # lines: for --novel only
         spec = _poem_spec(ckpt.vocab, parsed, acrostic, rhyme, rhyme_first, tones, novel)
         if spec.form is not None and max_chars is not None:
             raise CharLMError("--max-chars does not apply with --form, whose poems have a fixed length; give one of them")
