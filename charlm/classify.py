@@ -36,7 +36,7 @@ from charlm.devices import grad_scaler, resolve_device, resolve_precision, rng_s
 from charlm.errors import CharLMError, describe
 from charlm.model import count_parameters, planned_size
 from charlm.train import (Budget, Callbacks, MetricsLog, StartInfo, StepEvent, TrainState, _catch_signals, _claim,
-                          _finite, _output_dir, lr_at, make_optimizer, resume_config, train_step)
+                          _finite, _output_dir, make_optimizer, resume_config, set_lr, train_step)
 from charlm.vocab import EOS_ID, Vocab, detect_script, normalize
 
 LN2 = math.log(2.0)
@@ -476,9 +476,7 @@ def _loop(run: _Run) -> ClassifyResult:
                 break
             if progress >= 1.0:
                 break
-            lr = lr_at(st.step, progress, tc)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            lr = set_lr(opt, st.step, progress, tc)
             x, target = run.batch()
             t0 = time.perf_counter()
             step = train_step(model, opt, x, target, (), tc.clip, run.precision, run.scaler)

@@ -32,8 +32,8 @@ from charlm.model import count_parameters
 from charlm.poetry import LEVEL, OBLIQUE, RhymeTable, answer_tone, tones_opposed
 from charlm.sample import draw, filter_logits
 from charlm.train import (DIVERGENCE_LIMIT, Budget, Callbacks, FitResult, MetricsLog, StartInfo, StepEvent,
-                          TrainState, ValidEvent, _catch_signals, _claim, _diverged, _finite, _output_dir, lr_at,
-                          make_optimizer, resume_config, train_step)
+                          TrainState, ValidEvent, _catch_signals, _claim, _diverged, _finite, _output_dir,
+                          make_optimizer, resume_config, set_lr, train_step)
 from charlm.vocab import EOS_ID, UNK_ID, Vocab, detect_script, is_han, normalize
 
 DEMO_LINE = "明月松间照"  # answered in the training display at each validation
@@ -190,7 +190,6 @@ def fit_pairs(prep: PreparedPairs, out: str | Path, *, callbacks: Callbacks | No
     """Train the encoder–decoder on ``prep`` and keep the best checkpoint (by validation bpc of the
     second lines) in ``out``; the resume state is saved at every validation and every
     ``save_every`` minutes, as for the language model."""
-    tc = prep.config.train
     cb = callbacks or Callbacks()
     out = _output_dir(Path(out))
     with checkpoint.exclusive(out):
@@ -228,9 +227,7 @@ def _loop(run: _PairRun) -> FitResult:
                 break
             if progress >= 1.0:
                 break
-            lr = lr_at(st.step, progress, tc)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            lr = set_lr(opt, st.step, progress, tc)
             x, y = batch_tensors(run.prep.train, order[st.window])  # (B, L) each
             rng = np.random.default_rng([tc.seed, st.epoch, st.window])
             x, y = (_with_unknowns(t, run.prep.unk_p, rng).to(run.device) for t in (x, y))

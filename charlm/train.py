@@ -130,6 +130,14 @@ def lr_at(step: int, progress: float, cfg) -> float:
     return cfg.lr * warm * cos
 
 
+def set_lr(opt: torch.optim.Optimizer, step: int, progress: float, cfg) -> float:
+    """Give every parameter group the scheduled learning rate (lr_at) for this step; returns it."""
+    lr = lr_at(step, progress, cfg)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return lr
+
+
 def make_optimizer(model: CharLM, cfg) -> torch.optim.AdamW:
     params = {id(p): (n, p) for n, p in model.named_parameters()}.values()
     decay = [p for n, p in params if p.dim() >= 2]
@@ -641,9 +649,7 @@ def _loop(run: Run) -> FitResult:
                 break
             if progress >= 1.0:
                 break
-            lr = lr_at(st.step, progress, tc)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            lr = set_lr(opt, st.step, progress, tc)
             x, y = (t.to(run.device, non_blocking=True) for t in get_window(rows, st.window, tc.seq_len))  # (B, T)
             t0 = time.perf_counter()
             step = train_step(model, opt, x, y, st.carried or model.init_state(x.size(0)), tc.clip, run.precision,
