@@ -35,8 +35,8 @@ from charlm.data import iter_text, split_indices
 from charlm.devices import grad_scaler, resolve_device, resolve_precision, rng_states, set_rng_states
 from charlm.errors import CharLMError, describe
 from charlm.model import count_parameters, planned_size
-from charlm.train import (Budget, Callbacks, MetricsLog, StartInfo, StepEvent, TrainState, _catch_signals, _claim,
-                          _finite, _output_dir, make_optimizer, resume_config, set_lr, train_step)
+from charlm.train import (Budget, Callbacks, MetricsLog, StartInfo, StepEvent, TrainState, _catch_signals,
+                          _finite, _output_dir, make_optimizer, owned_out, resume_config, set_lr, train_step)
 from charlm.vocab import EOS_ID, Vocab, detect_script, normalize
 
 LN2 = math.log(2.0)
@@ -448,10 +448,7 @@ def fit(prep: Prepared, out: str | Path, *, callbacks: Callbacks | None = None, 
     out = _output_dir(Path(out))
     device = resolve_device(tc.device)
     precision = resolve_precision(tc.precision, device)
-    with checkpoint.exclusive(out):
-        checkpoint.remove_stale(out)
-        if not resume:
-            _claim(out, overwrite)
+    with owned_out(out, resume, overwrite):
         run = _Run(prep, out, device, precision, cb, resume)
         try:
             return _loop(run)

@@ -876,19 +876,23 @@ def eval_(
     except CharLMError as e:
         _fail(str(e))
         return
-    table = Table(title=_literal(f"{ckpt.path} on {source}"))
+    rows = [("loss (nats/char)", f"{result.loss:.4f}"), ("bits per character", f"{result.bpc:.4f}"),
+            ("perplexity", f"{result.perplexity:.2f}"), ("top-1 accuracy", f"{result.accuracy:.2%}"),
+            ("characters scored", f"{result.chars:,}"), ("unknown characters", f"{result.unknown_chars:,}")]
+    if result.unknown_chars:
+        rows.append(("bpc, known characters only", f"{result.known_bpc:.4f}"))
+    if result.unigram_bpc is not None:
+        rows.append(("unigram baseline bpc", f"{result.unigram_bpc:.4f}"))
+    _print_metrics(f"{ckpt.path} on {source}", rows)
+
+
+def _print_metrics(title: str, rows: list[tuple[str, str]]) -> None:
+    """eval's figures as a two-column table (the title names a path: printed literally)."""
+    table = Table(title=_literal(title))
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("loss (nats/char)", f"{result.loss:.4f}")
-    table.add_row("bits per character", f"{result.bpc:.4f}")
-    table.add_row("perplexity", f"{result.perplexity:.2f}")
-    table.add_row("top-1 accuracy", f"{result.accuracy:.2%}")
-    table.add_row("characters scored", f"{result.chars:,}")
-    table.add_row("unknown characters", f"{result.unknown_chars:,}")
-    if result.unknown_chars:
-        table.add_row("bpc, known characters only", f"{result.known_bpc:.4f}")
-    if result.unigram_bpc is not None:
-        table.add_row("unigram baseline bpc", f"{result.unigram_bpc:.4f}")
+    for name, value in rows:
+        table.add_row(name, value)
     Console().print(table)
 
 
@@ -924,19 +928,16 @@ def _eval_couplet(checkpoint, corpus, generate_n, beam, temperature, top_k, top_
         _fail(str(e))
         return
     pct = lambda v, n: "–" if v is None else f"{v:.1%} of {n:,}"  # noqa: E731
-    table = Table(title=_literal(f"{ckpt.path} on {source}"))
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row("pairs", f"{result.pairs:,}")
-    table.add_row("second-line characters scored", f"{result.chars:,}")
-    table.add_row("bits per character, second line given the first", f"{result.bpc:.4f}")
-    table.add_row("perplexity", f"{result.perplexity:.2f}")
-    table.add_row("top-1 accuracy", f"{result.accuracy:.2%}")
-    table.add_row("unknown characters", f"{result.unknown_chars:,}")
-    table.add_row(f"tones opposed (2nd, 4th, 6th, last): model's answers to {result.answered:,} first lines",
-                  pct(result.tones_generated, result.tones_generated_judged))
-    table.add_row("tones opposed: the real second lines", pct(result.tones_real, result.tones_real_judged))
-    Console().print(table)
+    _print_metrics(f"{ckpt.path} on {source}", [
+        ("pairs", f"{result.pairs:,}"),
+        ("second-line characters scored", f"{result.chars:,}"),
+        ("bits per character, second line given the first", f"{result.bpc:.4f}"),
+        ("perplexity", f"{result.perplexity:.2f}"),
+        ("top-1 accuracy", f"{result.accuracy:.2%}"),
+        ("unknown characters", f"{result.unknown_chars:,}"),
+        (f"tones opposed (2nd, 4th, 6th, last): model's answers to {result.answered:,} first lines",
+         pct(result.tones_generated, result.tones_generated_judged)),
+        ("tones opposed: the real second lines", pct(result.tones_real, result.tones_real_judged))])
 
 
 def _judge(checkpoint, device, poems_file, generate_n, form, acrostic, rhyme, rhyme_first, tones, novel, best_of, beam,

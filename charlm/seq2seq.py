@@ -32,8 +32,8 @@ from charlm.model import count_parameters
 from charlm.poetry import LEVEL, OBLIQUE, RhymeTable, answer_tone, tones_opposed
 from charlm.sample import draw, filter_logits
 from charlm.train import (DIVERGENCE_LIMIT, Budget, Callbacks, FitResult, MetricsLog, StartInfo, StepEvent,
-                          TrainState, ValidEvent, _catch_signals, _claim, _diverged, _finite, _output_dir,
-                          make_optimizer, resume_config, set_lr, train_step)
+                          TrainState, ValidEvent, _catch_signals, _diverged, _finite, _output_dir,
+                          make_optimizer, owned_out, resume_config, set_lr, train_step)
 from charlm.vocab import EOS_ID, UNK_ID, Vocab, detect_script, is_han, normalize
 
 DEMO_LINE = "明月松间照"  # answered in the training display at each validation
@@ -192,10 +192,7 @@ def fit_pairs(prep: PreparedPairs, out: str | Path, *, callbacks: Callbacks | No
     ``save_every`` minutes, as for the language model."""
     cb = callbacks or Callbacks()
     out = _output_dir(Path(out))
-    with checkpoint.exclusive(out):
-        checkpoint.remove_stale(out)
-        if not resume:
-            _claim(out, overwrite)
+    with owned_out(out, resume, overwrite):
         run = _PairRun(prep, out, resume, cb)
         try:
             return _loop(run)

@@ -700,6 +700,17 @@ def _claim(out: Path, overwrite: bool) -> None:
         checkpoint.clear_run(out)
 
 
+@contextmanager
+def owned_out(out: Path, resume: bool, overwrite: bool) -> Iterator[None]:
+    """A single-process run's hold on its folder: the lock, stale units swept and, for a new run,
+    the folder claimed (the classifier and couplet trainers; fit does this across processes)."""
+    with checkpoint.exclusive(out):
+        checkpoint.remove_stale(out)
+        if not resume:
+            _claim(out, overwrite)
+        yield
+
+
 def _finite(x: float) -> float | None:
     """A figure for the JSON log: null where it is not finite (JSON has no NaN)."""
     return x if math.isfinite(x) else None
