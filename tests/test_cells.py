@@ -53,7 +53,41 @@ def test_gru_step_matches_the_equations():
     torch.testing.assert_close(h1[0, 0], (1 - z) * n + z * hp)
 
 
-@pytest.mark.parametrize("kw", [dict(conv_kernel=3), dict(conv_kernel=4, residual=True, num_layers=3),
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "irnn"])
+def test_one_decoding_step_through_the_cell_functions_equals_the_module(cell):
+    """run_rnn's single-step path (torch's cell functions, layer by layer) against nn.LSTM/GRU/RNN
+    itself, for a stacked network of three layers and a batch of three rows."""
+    from charlm.model import run_rnn
+
+    m = _model(cell=cell, num_layers=3, hidden_size=6, embed_dim=5)
+    x = torch.randn(3, 1, 5)
+    state = tuple(torch.randn(3, 3, 6) for _ in range(2 if cell == "lstm" else 1))
+    state = state if cell == "lstm" else state[0]
+    with torch.no_grad():
+        out, new = run_rnn(m.rnn, x, state)
+        ref_out, ref_new = m.rnn(x, state)
+    torch.testing.assert_close(out, ref_out)
+    for a, b in zip(new if cell == "lstm" else (new,), ref_new if cell == "lstm" else (ref_new,)):
+        torch.testing.assert_close(a, b)
+
+
+def test_training_with_dropout_between_layers_keeps_the_module():
+    """The cell path has no dropout between layers, so a training step goes through the module."""
+    from charlm.model import run_rnn
+
+    m = _model(num_layers=2, dropout=0.5).train()
+    x, state = torch.randn(4, 1, 5), (torch.zeros(2, 4, 4), torch.zeros(2, 4, 4))
+    torch.manual_seed(3)
+    out, _ = run_rnn(m.rnn, x, state)
+    torch.manual_seed(3)
+    ref, _ = m.rnn(x, state)
+    torch.manual_seed(3)
+    undropped, _ = m.eval().rnn(x, state)
+    torch.testing.assert_close(out, ref)
+    assert not torch.allclose(out, undropped)
+
+
+@pytest.mark.parametrize("kw", [dict(conv_kernel=3), dict(num_layers=2), dict(num_layers=2, cell="irnn"), dict(conv_kernel=4, residual=True, num_layers=3),
                                 dict(residual=True, num_layers=2, cell="gru")])
 def test_step_by_step_logits_equal_full_sequence_logits(kw):
     m = _model(**kw)
