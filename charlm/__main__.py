@@ -1,5 +1,5 @@
 """python -m charlm → the command line."""
 
-from charlm.cli import app
+from charlm.cli import main
 
-app(prog_name="charlm")
+main()

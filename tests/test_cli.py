@@ -10,6 +10,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
+from charlm import cli
 from charlm.cli import app
 
 from conftest import POEMS
@@ -137,3 +138,19 @@ def test_sigint_saves_a_resumable_checkpoint(tmp_path):
     r = _cli("train", "mine.txt", "--resume", "--max-steps", state["step"] + 5, *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"resumed at step {state['step']}" in r.stderr
+
+
+def test_the_command_line_holds_the_collector_until_the_model_is_loaded(trained, monkeypatch):
+    """main() starts with Python's cyclic collector off and turns it back on, with the start-up's
+    objects frozen out of its reach, once generate has its model (cli._settled)."""
+    import gc
+
+    calls = []
+    for name in ("disable", "freeze", "enable"):
+        monkeypatch.setattr(gc, name, lambda name=name: calls.append(name))
+    monkeypatch.setattr(sys, "argv", ["charlm", "generate", "--checkpoint", str(trained), "--seed", "1",
+                                      "--max-chars", "5"])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 0
+    assert calls == ["disable", "freeze", "enable"]
