@@ -173,6 +173,8 @@ class CharLM(nn.Module):
         return self.config.residual or self.config.locked_dropout
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:  # decoding calls this twice a character; skip the no-op dispatch
+            return x
         if self.config.locked_dropout:
             return locked_dropout(x, self.config.dropout, self.training)
         return self.drop(x)

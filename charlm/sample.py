@@ -96,7 +96,6 @@ def _check_finite(lse: torch.Tensor) -> None:
                           "use another checkpoint")
 
 
-SMALL_BATCH = 16  # rows up to which one thread decodes faster than several (benchmarks/decode_speed.py)
 # Dynamic int8 weights pay for their 0.2 s of quantising only on enough work: this many rows, or
 # this many steps (benchmarks/decode_speed.py: a step of the shipped model, 1 row: 3.1 ms in fp32,
 # 0.7 ms in int8; 64 rows: 10.2 ms and 2.8 ms). A free sample's length is unknown until it ends, so
@@ -115,12 +114,14 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
 
 def decoder(model: CharLM, rows: int, steps: int, quantize: bool) -> torch.nn.Module:
     """The module that decodes ``rows`` rows for ``steps`` steps known to be done or ahead: the
-    model itself, or, with ``quantize`` on a CPU and enough work, a copy whose LSTM/GRU and linear layers hold dynamic int8 weights (the embedding stays fp32).
+    model itself, or, with ``quantize`` on a CPU and enough work (or a copy already made), a copy whose
+    LSTM/GRU and linear layers hold dynamic int8 weights (the embedding stays fp32).
     On the shipped model it moves validation bpc by +0.004 (README, Benchmarks). The copy is made
     once per model, so the model must not be trained afterwards (the CLI's loaded checkpoints)."""
-    if not quantize or model_device(model).type != "cpu" or (rows < QUANTIZE_MIN_ROWS and steps < QUANTIZE_MIN_STEPS):
+    if not quantize or model_device(model).type != "cpu":
         return model
-    return int8_copy(model)
+    made = "_int8_copy" in model.__dict__  # then it costs nothing more (compose, a library caller's loop)
+    return int8_copy(model) if made or rows >= QUANTIZE_MIN_ROWS or steps >= QUANTIZE_MIN_STEPS else model
 
 
 def int8_copy(model: CharLM) -> torch.nn.Module:
@@ -138,18 +139,17 @@ def int8_copy(model: CharLM) -> torch.nn.Module:
 
 
 @contextmanager
-def _decoding(model: CharLM, rows: int):
-    """Eval mode, inference mode and a thread count for ``rows``; the model's mode and torch's
-    thread count are restored afterwards (as evaluate.score does)."""
-    was_training, threads = model.training, torch.get_num_threads()
+def _decoding(model: CharLM):
+    """Eval mode and inference mode; the model's mode is restored afterwards (as evaluate.score
+    does). Decoding keeps torch's thread count: since a step goes through the cell functions
+    (model.run_rnn) its matrix products dominate even at one row, and two threads beat one at every
+    batch size measured (benchmarks/decode_speed.py, 2 cores)."""
+    was_training = model.training
     model.eval()
-    if rows <= SMALL_BATCH:
-        torch.set_num_threads(1)
     try:
         with torch.inference_mode():
             yield
     finally:
-        torch.set_num_threads(threads)
         model.train(was_training)
 
 
@@ -208,7 +208,7 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
     finished = torch.zeros(B, dtype=torch.bool)
     known = con.steps_needed() if con is not None else None  # a form's poems run exactly this long
     net = decoder(model, B, known or 0, quantize)
-    with _decoding(model, B):
+    with _decoding(model):
         logits, state = _prime(net, vocab, prompt, B)
         for i in range(max_steps):
             logits = logits.float()  # (B, V)
@@ -318,7 +318,7 @@ def beam_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: PoemSp
     rep = Repeats(vocab, vocab.encode(prompt), W, steps) if no_repeat else None
     toks = torch.full((W, steps), EOS_ID, dtype=torch.long)
     net = decoder(model, W, steps, quantize)
-    with _decoding(model, W):
+    with _decoding(model):
         logits, state = _prime(net, vocab, prompt, W)
         for step in range(steps):
             logits = logits.float()

@@ -121,6 +121,18 @@ def test_a_free_sample_switches_to_int8_only_once_it_has_run_long(trained):
     assert [t[:QUANTIZE_MIN_STEPS] for t in long] == [t[:QUANTIZE_MIN_STEPS] for t in plain]  # the model's own weights until then
 
 
+def test_an_int8_copy_already_made_decodes_from_the_first_step(trained):
+    """Quantising is paid once per model: a short single sample waits for enough work, but once the
+    copy exists (compose, a caller's loop) every decoding uses it."""
+    from charlm.sample import decoder, int8_copy
+
+    ck = checkpoint.load(trained)
+    assert decoder(ck.model, 1, 0, quantize=True) is ck.model
+    copy = int8_copy(ck.model)
+    assert decoder(ck.model, 1, 0, quantize=True) is copy
+    assert decoder(ck.model, 1, 0, quantize=False) is ck.model  # --fp32 still means the exact weights
+
+
 @pytest.mark.skipif(not is_checkpoint(shipped_checkpoint()), reason="shipped model not present")
 def test_int8_weights_move_the_shipped_models_bpc_by_under_a_hundredth():
     from charlm.evaluate import evaluate, validation_text
