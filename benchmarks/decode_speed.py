@@ -1,19 +1,30 @@
-"""Decoding speed of the shipped model, beside plain decoding of the same model in the same run.
+"""Decoding speed of a model, beside plain decoding of the same model in the same run.
 
-    python benchmarks/decode_speed.py [--checkpoint checkpoints/tang-quatrains] [--repeats 5]
+    python benchmarks/decode_speed.py [--checkpoint checkpoints/tang] [--repeats 5] [--before DIR]
 
 Plain decoding is the loop of pytorch/examples' word_language_model/generate.py — under
-``torch.no_grad()``: ``output, hidden = model(input, hidden)``, ``weights = output.squeeze()
-.div(T).exp()``, ``torch.multinomial(weights, 1)``, ``input.fill_(idx)`` — for the same number of
-characters, batch of one. Then charlm's own decoders (``sample.sample_poems``, ``sample.beam_poems``)
-and two whole commands against ``python -c "import torch"``. Characters are the ones a poem's
-rows actually generate, the end of poem included; figures are medians of ``--repeats`` runs, and
-ratios divide by the plain-decoding figure of the same run, so a busy machine moves both together.
+``torch.no_grad()``: ``output, hidden = model(input, hidden)`` with that project's forward
+(embedding, nn.LSTM, decoder) on this model's modules, ``weights = output.squeeze()
+.div(T).exp()``, ``torch.multinomial(weights, 1)``, ``input.fill_(idx)`` — batch of one. Then
+charlm's own decoders (``sample.sample_poems``, ``sample.beam_poems``) with the exact weights and
+with int8 ones, and two whole commands against ``python -c "import torch"``.
+
+``--before DIR`` also times an older charlm — a checkout such as ``git worktree add /tmp/before
+29162fe`` — on the same model in the same run: its decoders in a subprocess with DIR first on the
+path, its command run from DIR (so with that checkout's own default model).
+
+"One sample" is what a user waiting for one poem gets: single-row samples of seeds 1, 2, … until
+2,000 characters. Characters are the ones rows actually generate, the end of poem included;
+figures are medians of ``--repeats`` runs; "× plain" divides by plain decoding of the same run, so
+a busy machine moves both together.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,6 +37,19 @@ from charlm.constrain import PoemSpec
 from charlm.poetry import parse_form
 from charlm.sample import SampleSettings, beam_poems, sample_poems
 
+JOBS = ["one unconstrained sample", "-n 64 unconstrained", "-n 512 --max-chars 100",
+        "-n 100 --form 七律 --rhyme --tones", "--beam 16 -n 8 --form 七绝 --rhyme --tones"]
+
+
+def examples_forward(model, inp, hidden):
+    """pytorch/examples' RNNModel.forward on this model's modules: embedding → the nn.LSTM/GRU/RNN
+    module → (projection) → decoder. Not charlm's own forward, so the yardstick stays the same
+    whatever charlm's decoding path becomes."""
+    out, hidden = model.rnn(model.embed(inp), hidden)
+    if model.proj is not None:
+        out = model.proj(out)
+    return model.head(out), hidden
+
 
 def plain_decoding(model, chars: int, temperature: float = 0.8, seed: int = 0) -> float:
     """characters/second of pytorch/examples-style decoding (no constraints, no stopping)."""
@@ -36,78 +60,128 @@ def plain_decoding(model, chars: int, temperature: float = 0.8, seed: int = 0) -
     t0 = time.perf_counter()
     with torch.no_grad():
         for _ in range(chars):
-            output, hidden = model(inp, hidden)
+            output, hidden = examples_forward(model, inp, hidden)
             weights = output.squeeze().div(temperature).exp()
             idx = torch.multinomial(weights, 1)[0]
             inp.fill_(idx)
     return chars / (time.perf_counter() - t0)
 
 
-def _generated(results, prompt: str) -> int:
-    return sum(len(r.text) - len(prompt) + 1 for r in results)  # + the end of poem
+def _quantize_kw(fn, quantize: bool) -> dict:
+    """Older charlm has no int8 decoding: its decoders take no ``quantize``."""
+    return {"quantize": quantize} if "quantize" in inspect.signature(fn).parameters else {}
 
 
-def charlm_sampling(ck, n: int, spec: PoemSpec, max_chars: int, seed: int, quantize: bool = False) -> float:
+def sampling(ck, n: int, spec: PoemSpec, max_chars: int, seed: int, quantize: bool) -> tuple[int, float]:
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     out = sample_poems(ck.model, ck.vocab, "", n, spec=spec, settings=SampleSettings(max_chars=max_chars),
-                       generator=g, lines=ck.lines, quantize=quantize)
-    return _generated(out, "") / (time.perf_counter() - t0)
+                       generator=g, lines=ck.lines, **_quantize_kw(sample_poems, quantize))
+    return sum(len(r.text) + 1 for r in out), time.perf_counter() - t0  # + the end of poem
 
 
-def charlm_beam(ck, n: int, beam: int, spec: PoemSpec, quantize: bool = False) -> float:
+def one_sample(ck, quantize: bool, chars: int = 2000) -> float:
+    done = seconds = 0.0
+    seed = 1
+    while done < chars:
+        c, s = sampling(ck, 1, PoemSpec(), 200, seed, quantize)
+        done, seconds, seed = done + c, seconds + s, seed + 1
+    return done / seconds
+
+
+def beam(ck, n: int, width: int, spec: PoemSpec, quantize: bool) -> float:
     t0 = time.perf_counter()
-    beam_poems(ck.model, ck.vocab, "", n, spec=spec, beam=beam, lines=ck.lines, quantize=quantize)
+    beam_poems(ck.model, ck.vocab, "", n, spec=spec, beam=width, lines=ck.lines, **_quantize_kw(beam_poems, quantize))
     steps = spec.form.lines * (spec.form.chars + 1) + 1
-    return beam * steps / (time.perf_counter() - t0)  # characters the beam rows decode
+    return width * steps / (time.perf_counter() - t0)  # characters the beam rows decode
 
 
-def command_seconds(args: list[str]) -> float:
+def measure(path: str, repeats: int, quantize_too: bool) -> dict:
+    """Plain decoding and each job, characters/second (medians); with ``quantize_too``, each job in int8 too."""
+    ck = checkpoint.load(path)
+    qilv = PoemSpec(form=parse_form("七律"), rhyme=True, tones=True)
+    qijue = PoemSpec(form=parse_form("七绝"), rhyme=True, tones=True)
+
+    def rate(job):
+        c, s = job
+        return c / s
+
+    jobs = {
+        JOBS[0]: lambda q: one_sample(ck, q),
+        JOBS[1]: lambda q: rate(sampling(ck, 64, PoemSpec(), 200, 2, q)),
+        JOBS[2]: lambda q: rate(sampling(ck, 512, PoemSpec(), 100, 3, q)),
+        JOBS[3]: lambda q: rate(sampling(ck, 100, qilv, 200, 4, q)),
+        JOBS[4]: lambda q: beam(ck, 8, 16, qijue, q),
+    }
+    out = {"plain": statistics.median(plain_decoding(ck.model, 300) for _ in range(repeats)), "fp32": {}, "int8": {}}
+    if quantize_too:
+        from charlm.sample import int8_copy
+
+        int8_copy(ck.model)  # made once per loaded model; its cost is part of the command timings
+    for name, job in jobs.items():
+        out["fp32"][name] = statistics.median(job(False) for _ in range(repeats))
+        if quantize_too:
+            out["int8"][name] = statistics.median(job(True) for _ in range(repeats))
+    return out
+
+
+def command_seconds(args: list[str], cwd: str | None = None, env: dict | None = None) -> float:
     t0 = time.perf_counter()
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd, env=env)
     return time.perf_counter() - t0
 
 
-def median(f, repeats: int) -> float:
-    return statistics.median(f() for _ in range(repeats))
+def _before_env(before: str) -> dict:
+    return {**os.environ, "PYTHONPATH": os.path.abspath(before)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", default="checkpoints/tang-quatrains")
+    ap.add_argument("--checkpoint", default="checkpoints/tang")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--before", metavar="DIR", help="an older charlm checkout to time on the same model")
     ap.add_argument("--no-commands", action="store_true", help="skip the whole-command timings")
+    ap.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)  # the --before subprocess
     args = ap.parse_args()
-    ck = checkpoint.load(args.checkpoint)
     R = args.repeats
+    if args.json_only:
+        print(json.dumps(measure(args.checkpoint, R, quantize_too=False)))
+        return
+    before = None
+    if args.before:
+        cmd = [sys.executable, os.path.abspath(__file__), "--checkpoint", os.path.abspath(args.checkpoint),
+               "--repeats", str(R), "--json-only"]
+        before = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                           env=_before_env(args.before)).stdout.splitlines()[-1])
+    now = measure(args.checkpoint, R, quantize_too=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.checkpoint}; medians of {R} runs")
-    plain = median(lambda: plain_decoding(ck.model, 300), R)
-    qilv = PoemSpec(form=parse_form("七律"), rhyme=True, tones=True)
-    qijue = PoemSpec(form=parse_form("七绝"), rhyme=True, tones=True)
-    jobs = [
-        ("one unconstrained sample", lambda q: charlm_sampling(ck, 1, PoemSpec(), 200, 1, q)),
-        ("-n 64 unconstrained", lambda q: charlm_sampling(ck, 64, PoemSpec(), 200, 2, q)),
-        ("-n 512 --max-chars 100", lambda q: charlm_sampling(ck, 512, PoemSpec(), 100, 3, q)),
-        ("-n 100 --form 七律 --rhyme --tones", lambda q: charlm_sampling(ck, 100, qilv, 200, 4, q)),
-        ("--beam 16 -n 8 七绝 --rhyme --tones", lambda q: charlm_beam(ck, 8, 16, qijue, q)),
-    ]
-    from charlm.sample import int8_copy
-
-    int8_copy(ck.model)  # made once per loaded model; its 0.2 s is part of the command timings below
-    print(f"{'decoding, characters/second':<40}{'fp32':>9}{'× plain':>9}{'int8':>9}{'× plain':>9}")
-    print(f"{'plain decoding (pytorch/examples), 1 row':<40}{plain:>9,.0f}{1.0:>9.2f}")
-    for name, job in jobs:
-        exact, fast = median(lambda: job(False), R), median(lambda: job(True), R)
-        print(f"{'charlm: ' + name:<40}{exact:>9,.0f}{exact / plain:>9.2f}{fast:>9,.0f}{fast / plain:>9.2f}")
+    cols = ([("before", before)] if before else []) + [("now, fp32", now), ("now, int8", now)]
+    print(f"{'decoding, characters/second':<44}" + "".join(f"{c:>12}{'× plain':>9}" for c, _ in cols))
+    print(f"{'plain decoding (pytorch/examples), 1 row':<44}"
+          + "".join(f"{r['plain']:>12,.0f}{1.0:>9.2f}" if c != "now, int8" else " " * 21 for c, r in cols))
+    for name in JOBS:
+        cells = []
+        for c, r in cols:
+            v = r["int8" if c == "now, int8" else "fp32"][name]
+            cells.append(f"{v:>12,.0f}{v / r['plain']:>9.2f}")
+        print(f"{name:<44}" + "".join(cells))
     if args.no_commands:
         return
-    torch_s = median(lambda: command_seconds([sys.executable, "-c", "import torch"]), R)
-    gen_s = median(lambda: command_seconds([sys.executable, "-m", "charlm", "generate", "--prompt", "天地",
-                                            "--seed", "1"]), R)
-    print(f"{'command':<46}{'seconds':>10}{'× torch':>9}")
-    label = 'python -c "import torch"'
-    print(f"{label:<46}{torch_s:>10.2f}{1.0:>9.2f}")
-    print(f"{'charlm generate --prompt 天地':<46}{gen_s:>10.2f}{gen_s / torch_s:>9.2f}")
+    runs = {'python -c "import torch"': lambda: command_seconds([sys.executable, "-c", "import torch"]),
+            "charlm generate --prompt 天地": lambda: command_seconds(
+                [sys.executable, "-m", "charlm", "generate", "--prompt", "天地", "--seed", "1"])}
+    if args.before:
+        runs["the same, before (its default model)"] = lambda: command_seconds(
+            [sys.executable, "-m", "charlm", "generate", "--prompt", "天地", "--seed", "1"],
+            cwd=args.before, env=_before_env(args.before))
+    times = {k: [] for k in runs}
+    for _ in range(R):  # alternating, so a busy spell hits every command alike
+        for k, f in runs.items():
+            times[k].append(f())
+    base = statistics.median(times['python -c "import torch"'])
+    print(f"{'command (medians, alternating runs)':<46}{'seconds':>10}{'× torch':>9}")
+    for k, ts in times.items():
+        print(f"{k:<46}{statistics.median(ts):>10.2f}{statistics.median(ts) / base:>9.2f}")
 
 
 if __name__ == "__main__":
