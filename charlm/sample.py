@@ -214,6 +214,7 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
     finished = torch.zeros(B, dtype=torch.bool)
     known = con.steps_needed() if con is not None else None  # a form's poems run exactly this long
     net = decoder(model, B, known or 0, quantize)
+    idx = torch.arange(B)  # the batch's rows, as indices into the B poems (free poems leave it as they end)
     with _decoding(model):
         logits, state = _prime(net, vocab, prompt, B)
         for i in range(max_steps):
@@ -236,15 +237,16 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
                 keep[:, UNK_ID] = -math.inf
                 x[bad] = scale(keep, settings.temperature)[bad]
             tok = draw(x.exp_(), generator)  # x: scaled so each row's best is 0, so e^x is in (0, 1]: softmax without its sum
-            tok = tok.masked_fill(finished, EOS_ID)
-            live = ~finished
+            done = finished[idx]
+            tok = tok.masked_fill(done, EOS_ID)
+            live = ~done
             picked = (logits.gather(1, tok[:, None])[:, 0] - lse).double()
-            logp += torch.where(live, picked, 0.0)
-            count += live.long()
-            toks[:, i] = tok
-            if on_char is not None and not bool(finished[0]) and int(tok[0]) != EOS_ID:
+            logp[idx] += torch.where(live, picked, 0.0)
+            count[idx] += live.long()
+            toks[idx, i] = tok
+            if on_char is not None and not bool(finished[0]) and int(tok[0]) != EOS_ID:  # row 0, while it writes, is first
                 on_char(vocab.chars[int(tok[0])])
-            finished |= tok == EOS_ID
+            finished[idx] |= tok == EOS_ID
             if con is not None:
                 rows = con.advance_rows(rows, tok)
             if rep is not None:
@@ -253,6 +255,15 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
                 break
             if i + 1 == QUANTIZE_MIN_STEPS and net is model:
                 net = decoder(model, B, i + 1, quantize)  # a long one after all
+            ended = finished[idx]
+            if con is None and bool(ended.any()):
+                # Free poems end at different lengths (Tang poems: 20 to 200 characters), so the rows
+                # that ended leave the batch and each step costs only the rows still writing. (A
+                # constrained row keeps its place: its state names its pattern at the end.)
+                keep = (~ended).nonzero()[:, 0]
+                idx, tok, state = idx[keep], tok[keep], tuple(s[:, keep] for s in state)
+                if rep is not None:
+                    rep.take(keep)
             logits, state = _step(net, tok, state)
     if spec.acrostic and spec.form is None and not bool(finished.all()):  # a form's step count always suffices
         raise CharLMError(f"a poem did not reach the end of its acrostic within --max-chars {settings.max_chars}; "

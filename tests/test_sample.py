@@ -71,6 +71,43 @@ def test_sampling_steps_once_per_character(trained, monkeypatch):
     assert len(lengths) - 1 <= len(out) - len("床前明月光")
 
 
+@pytest.mark.parametrize("no_repeat", [False, True])
+def test_free_poems_leave_the_batch_as_they_end_and_keep_their_own_scores(trained, monkeypatch, no_repeat):
+    """Rows that end drop out of the batch (each step costs only the rows still writing), and every
+    poem's log-probability is still the model's own score of its text, read in one pass."""
+    from charlm.sample import sample_poems
+
+    ck = checkpoint.load(trained)
+    batch = []
+    real_forward = ck.model.forward
+
+    def spy(x, state=None):
+        batch.append(x.shape[0])
+        return real_forward(x, state)
+
+    monkeypatch.setattr(ck.model, "forward", spy)
+    out = sample_poems(ck.model, ck.vocab, "春", 12, settings=SampleSettings(temperature=1.5, max_chars=40, no_repeat=no_repeat),
+                       generator=torch.Generator().manual_seed(4))
+    monkeypatch.undo()
+    lengths = {len(r.text) for r in out}
+    assert len(lengths) > 3  # poems of several lengths, so rows ended at different steps
+    steps = batch[1:]
+    assert steps == sorted(steps, reverse=True) and steps[0] <= 12 and steps[-1] < steps[0]
+    for r in out:
+        gen = ck.vocab.encode(r.text[1:])
+        ended = r.chars == len(gen) + 1
+        ids = torch.tensor([[EOS_ID, *ck.vocab.encode("春"), *gen]])
+        with torch.no_grad():
+            logp = torch.log_softmax(ck.model(ids)[0][0].double(), -1)
+        targets = gen + ([EOS_ID] if ended else [])
+        own = sum(float(logp[1 + t, tok]) for t, tok in enumerate(targets))
+        assert r.logprob == pytest.approx(own, abs=1e-3), r.text
+        if no_repeat:
+            bigrams = [r.text[k : k + 2] for k in range(len(r.text) - 1)]
+            han = [b for b in bigrams if all("\u4e00" <= c <= "\u9fff" for c in b)]
+            assert len(han) == len(set(han)), r.text
+
+
 def test_incremental_logits_equal_full_sequence_logits(trained):
     ck = checkpoint.load(trained)
     ids = torch.tensor([[EOS_ID, *ck.vocab.encode("白日依山尽，黄河入海流。")]])
