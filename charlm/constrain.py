@@ -17,6 +17,7 @@ acceptable; positions with a required tone take only characters the table classi
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 
 import torch
 
@@ -107,6 +108,8 @@ class _Batched:
         for k, p in enumerate(self.choices if spec.tones else []):
             for i, tones in enumerate(p.tones):
                 self.pat_tone[k, i, : len(tones)] = torch.tensor([_TONE_CODE[t] for t in tones])
+        if self.pattern_names:  # (3, V) by tone code: any character, the level ones, the oblique ones
+            self.tone_ok = torch.stack([torch.ones(V, dtype=torch.bool), self.ping, self.ze])
         self.lengths_t = torch.tensor(form.lengths if form is not None else [1], dtype=torch.long)
         self.mark_ids = torch.tensor(self.vocab.encode(self.marks) if form is not None else [self.period])
         G = len(self.group_names)
@@ -207,9 +210,7 @@ class _Batched:
             m = torch.where((r.pos == 0)[:, None], first, m)
         if self.pattern_names:
             want = self.pat_tone[r.pattern.clamp(min=0), line, r.pos.clamp(max=self.pat_tone.size(2) - 1)]  # (B,)
-            tone = torch.where((want == 1)[:, None], self.ping, self.ze)
-            toned = (r.pattern >= 0) & (want != 0)
-            m = torch.where(toned[:, None], m & tone, m)
+            m &= self.tone_ok[torch.where(r.pattern >= 0, want, 0)]  # a row without a pattern takes any tone
         at_end = r.pos == length - 1
         k, kk, tone_idx = self._rhyme_state(r, line)
         rhyming = at_end & (k >= 0)
@@ -228,9 +229,10 @@ class _Batched:
             hit = at_end & self._novel_hits(r, self.banned)
             for b in torch.nonzero(hit)[:, 0].tolist():
                 m[b, self.banned[r.texts[b]]] = False
-        mark = torch.zeros(B, V, dtype=torch.bool)
-        mark[torch.arange(B), self.mark_ids[line]] = True
-        m = torch.where((r.pos == length)[:, None], mark, m)
+        at_mark = (r.pos == length).nonzero()[:, 0]  # rows whose line is written: its mark and nothing else
+        if len(at_mark):
+            m[at_mark] = False
+            m[at_mark, self.mark_ids[line[at_mark]]] = True
         over = r.line >= form.lines
         m[over] = False
         m[over, EOS_ID] = True
@@ -267,6 +269,31 @@ class _Batched:
         r.pos = torch.where(closes, 0, r.pos + step.long())
         r.done = r.done | (live & is_eos)
         return r
+
+
+@lru_cache(maxsize=8)
+def _vocab_rhymes(table, chars: tuple[str, ...], scheme: str, rhyme_tones: tuple[str, ...]):
+    """A vocabulary's tones and rhymes, worked out once per (table, vocabulary, scheme, tones): a
+    constraint is built for every decoding call (compose, eval --generate), and this is the Python
+    loop over the vocabulary. Returns level and oblique masks (V,), keys_of[t][i] (what character i
+    can rhyme as on tone t: 平水韵 groups or 词林正韵 parts) and group_mask[t][key] (V,); read only."""
+    han = [is_han(c) and i != UNK_ID for i, c in enumerate(chars)]
+    tones = [table.tones(c) if h else frozenset() for c, h in zip(chars, han)]
+    ping = torch.tensor([LEVEL in t for t in tones])
+    ze = torch.tensor([OBLIQUE in t for t in tones])
+    keys_of = {t: [rhyme_keys(c, t, table, scheme) if h else frozenset() for c, h in zip(chars, han)]
+               for t in rhyme_tones}
+    group_mask: dict[str, dict[str, torch.Tensor]] = {}
+    for t, keys in keys_of.items():
+        members: dict[str, list[int]] = {}
+        for i, ks in enumerate(keys):
+            for g in ks:
+                members.setdefault(g, []).append(i)
+        masks = group_mask.setdefault(t, {})
+        for g, ids in members.items():
+            masks[g] = torch.zeros(len(chars), dtype=torch.bool)
+            masks[g][ids] = True
+    return ping, ze, keys_of, group_mask
 
 
 class PoemConstraint(_Batched):
@@ -321,17 +348,8 @@ class PoemConstraint(_Batched):
             from charlm.poetry import RhymeTable
 
             self.table = table or RhymeTable.default()
-            tones = [self.table.tones(c) if self.han[i] else frozenset() for i, c in enumerate(vocab.chars)]
-            self.ping = torch.tensor([LEVEL in t for t in tones])
-            self.ze = torch.tensor([OBLIQUE in t for t in tones])
-            # keys_of[t][i]: what character i can rhyme as on tone t (平水韵 groups or 词林正韵 parts)
-            self.keys_of = {t: [rhyme_keys(c, t, self.table, form.rhyme_scheme) if self.han[i] else frozenset()
-                                for i, c in enumerate(vocab.chars)] for t in self.rhyme_tones}
-            for t, keys in self.keys_of.items():
-                masks = self.group_mask.setdefault(t, {})
-                for i, ks in enumerate(keys):
-                    for g in ks:
-                        masks.setdefault(g, torch.zeros(V, dtype=torch.bool))[i] = True
+            self.ping, self.ze, self.keys_of, self.group_mask = _vocab_rhymes(
+                self.table, tuple(vocab.chars), form.rhyme_scheme, tuple(self.rhyme_tones))
             self.group_names = sorted({g for masks in self.group_mask.values() for g in masks})
             self.rhymable = self._rhymable()
         # novelty: for each training line minus its last character, the last characters that would copy it

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -194,3 +196,17 @@ def test_draw_follows_the_probabilities_and_never_picks_an_impossible_character(
     one_hot = torch.zeros(3, 7, dtype=torch.float64)
     one_hot[torch.arange(3), torch.tensor([0, 6, 3])] = 1.0
     assert draw(one_hot).tolist() == [0, 6, 3]
+
+
+def test_sampling_weights_are_e_to_the_score_and_nothing_for_masked_or_negligible_characters():
+    """weights_ on scaled scores (the best is 0): e^x where it matters, exactly 0 for a masked
+    character (−inf) and for one scoring NEGLIGIBLE or less; draw then never picks those."""
+    from charlm.sample import NEGLIGIBLE, draw, weights_
+
+    x = torch.tensor([[0.0, -1.0, -float("inf"), NEGLIGIBLE - 20, NEGLIGIBLE, NEGLIGIBLE + 1, -1e30]])
+    w = weights_(x.clone())
+    assert w[0, 0] == 1.0 and w[0, 1] == pytest.approx(math.exp(-1.0))
+    assert w[0, 5] == pytest.approx(math.exp(NEGLIGIBLE + 1), rel=1e-5) and w[0, 5] > 0
+    assert w[0, [2, 3, 4, 6]].tolist() == [0.0, 0.0, 0.0, 0.0]
+    picks = draw(weights_(x.expand(5000, -1).clone()), torch.Generator().manual_seed(0))
+    assert set(picks.tolist()) <= {0, 1, 5}
