@@ -41,7 +41,7 @@ EncodingOpt = Annotated[str, typer.Option("--encoding", help="Text encoding of t
 DeviceOpt = Annotated[str, typer.Option("--device", help=f"Where the model runs: {DEVICE_HELP}.")]
 Int8Opt = Annotated[bool, typer.Option("--int8/--fp32", help=(
     "On a CPU, decode with dynamic int8 weights when there is enough work (8 rows or 100 steps or more): "
-    "about 4x faster a step, validation bpc +0.004 on the shipped model. --fp32 decodes with the exact weights."))]
+    "about 2x faster a step, validation bpc +0.004 on the shipped model. --fp32 decodes with the exact weights."))]
 
 
 # -- showing user text -------------------------------------------------------------------------
