@@ -1213,7 +1213,7 @@ _collector_held = False  # main() turned the collector off and _settled has not 
 
 
 def _settled() -> None:
-    """Importing torch and loading a model leave some 200,000 long-lived objects, which Python's cyclic
+    """Importing torch and loading a model leave some 170,000 long-lived objects, which Python's cyclic
     collector walked again and again while a command started: 0.18 s of a 2-second `charlm generate`
     (0.09 s within `import torch`). main() starts with the collector off; once the command has its
     model, or before training starts, this moves every object so far out of the collector's reach
