@@ -99,9 +99,10 @@ class Result:
 
 # -- decoding ---------------------------------------------------------------------------------
 
-def _check_finite(lse: torch.Tensor) -> None:
-    """``lse``: each row's log-sum-exp of the logits, finite unless a logit is NaN or +inf."""
-    if not bool(torch.isfinite(lse).all()):
+def _check_finite(per_row: torch.Tensor) -> None:
+    """``per_row``: a figure of each row of logits (their log-sum-exp, or the best log-softmax),
+    finite unless a logit is NaN or +inf."""
+    if not bool(torch.isfinite(per_row).all()):
         raise CharLMError("the model's scores are not finite numbers (NaN or infinity), so its weights are broken (e.g. a run that diverged); "
                           "use another checkpoint")
 
@@ -204,6 +205,43 @@ def _texts(vocab: Vocab, prompt: str, toks: torch.Tensor) -> list[str]:
     return out
 
 
+def _allowed(con: PoemConstraint | None, rows, rep: Repeats | None, logits: torch.Tensor) -> torch.Tensor | None:
+    """The characters each row may write next (B, V), or None when nothing constrains them."""
+    allowed = None
+    if con is not None:
+        allowed = con.masks(rows)  # (B, V)
+        if not bool(allowed.any(-1).all()):
+            raise CharLMError("no character in this model's vocabulary can continue the poem under "
+                              "these constraints; try fewer of them")
+    if rep is not None:
+        allowed = rep.restrict(allowed if allowed is not None else torch.ones_like(logits, dtype=torch.bool))
+    return allowed
+
+
+def _pick(logits: torch.Tensor, allowed: torch.Tensor | None, settings: SampleSettings,
+          generator: torch.Generator | None) -> torch.Tensor:
+    """One character per row (B,): temperature, top-k and top-p within the allowed characters."""
+    x = filter_logits(logits, settings, allowed)
+    bad = torch.isinf(x).all(-1) if settings.top_k or settings.top_p < 1.0 else None
+    if bad is not None and bool(bad.any()):  # top-k/top-p removed every allowed character: fall back to the allowed set
+        keep = logits.clone() if allowed is None else logits.masked_fill(~allowed, -math.inf)
+        keep[:, UNK_ID] = -math.inf
+        x[bad] = scale(keep, settings.temperature)[bad]
+    return draw(weights_(x), generator)
+
+
+def _leave_batch(ended: torch.Tensor, idx: torch.Tensor, tok: torch.Tensor, state, rep: Repeats | None):
+    """Free poems end at different lengths (Tang poems: 20 to 200 characters), so the rows that
+    ``ended`` leave the batch and each step costs only the rows still writing: the batch's poem
+    indices, last tokens and carried state without them (and ``rep`` likewise)."""
+    if not bool(ended.any()):
+        return idx, tok, state
+    keep = (~ended).nonzero()[:, 0]
+    if rep is not None:
+        rep.take(keep)
+    return idx[keep], tok[keep], tuple(s[:, keep] for s in state)
+
+
 def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: PoemSpec = PoemSpec(),
                  settings: SampleSettings = SampleSettings(), best_of: int = 1, table=None,
                  lines: set[str] | None = None, generator: torch.Generator | None = None,
@@ -239,21 +277,7 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
             logits = logits.float()  # (B, V)
             lse = torch.logsumexp(logits, -1)  # for the model's own log-probability of each pick
             _check_finite(lse)
-            allowed = None
-            if con is not None:
-                allowed = con.masks(rows)  # (B, V)
-                if not bool(allowed.any(-1).all()):
-                    raise CharLMError("no character in this model's vocabulary can continue the poem under "
-                                      "these constraints; try fewer of them")
-            if rep is not None:
-                allowed = rep.restrict(allowed if allowed is not None else torch.ones_like(logits, dtype=torch.bool))
-            x = filter_logits(logits, settings, allowed)
-            bad = torch.isinf(x).all(-1) if settings.top_k or settings.top_p < 1.0 else None
-            if bad is not None and bool(bad.any()):  # top-k/top-p removed every allowed character: fall back to the allowed set
-                keep = logits.clone() if allowed is None else logits.masked_fill(~allowed, -math.inf)
-                keep[:, UNK_ID] = -math.inf
-                x[bad] = scale(keep, settings.temperature)[bad]
-            tok = draw(weights_(x), generator)
+            tok = _pick(logits, _allowed(con, rows, rep, logits), settings, generator)
             done = finished[idx]
             tok = tok.masked_fill(done, EOS_ID)
             live = ~done
@@ -272,15 +296,8 @@ def sample_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: Poem
                 break
             if i + 1 == QUANTIZE_MIN_STEPS and net is model:
                 net = decoder(model, B, i + 1, quantize)  # a long one after all
-            ended = finished[idx]
-            if con is None and bool(ended.any()):
-                # Free poems end at different lengths (Tang poems: 20 to 200 characters), so the rows
-                # that ended leave the batch and each step costs only the rows still writing. (A
-                # constrained row keeps its place: its state names its pattern at the end.)
-                keep = (~ended).nonzero()[:, 0]
-                idx, tok, state = idx[keep], tok[keep], tuple(s[:, keep] for s in state)
-                if rep is not None:
-                    rep.take(keep)
+            if con is None:  # a constrained row keeps its place: its state names its pattern at the end
+                idx, tok, state = _leave_batch(finished[idx], idx, tok, state, rep)
             logits, state = _step(net, tok, state)
     if spec.acrostic and spec.form is None and not bool(finished.all()):  # a form's step count always suffices
         raise CharLMError(f"a poem did not reach the end of its acrostic within --max-chars {settings.max_chars}; "
@@ -357,7 +374,7 @@ def beam_poems(model: CharLM, vocab: Vocab, prompt: str, n: int, *, spec: PoemSp
         for step in range(steps):
             logits = logits.float()
             raw = torch.log_softmax(logits, -1)  # the one softmax of the step
-            _check_finite(torch.logsumexp(logits, -1))
+            _check_finite(raw.amax(-1))  # a NaN or +inf logit leaves its whole row NaN
             allowed = con.masks(rows)
             if rep is not None:
                 allowed = rep.restrict(allowed)

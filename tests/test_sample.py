@@ -55,19 +55,26 @@ def test_streamed_characters_are_the_sample(trained):
     assert out == "明月" + "".join(seen)
 
 
+def _shapes_of_forward_calls(model, monkeypatch) -> list[tuple[int, int]]:
+    """The (rows, steps) of every call of ``model``'s forward from now on."""
+    shapes = []
+    real_forward = model.forward
+
+    def spy(x, state=None):
+        shapes.append(tuple(x.shape))
+        return real_forward(x, state)
+
+    monkeypatch.setattr(model, "forward", spy)
+    return shapes
+
+
 def test_sampling_steps_once_per_character(trained, monkeypatch):
     """The prompt is read once; each new character costs one step of length one."""
     ck = checkpoint.load(trained)
-    lengths = []
-    real_forward = ck.model.forward
-
-    def spy(x, state=None):
-        lengths.append(x.shape[1])
-        return real_forward(x, state)
-
-    monkeypatch.setattr(ck.model, "forward", spy)
+    shapes = _shapes_of_forward_calls(ck.model, monkeypatch)
     out = generate(ck.model, ck.vocab, "床前明月光", settings=SampleSettings(max_chars=20),
                    generator=torch.Generator().manual_seed(0))
+    lengths = [steps for _, steps in shapes]
     assert lengths[0] == 1 + len("床前明月光")
     assert all(n == 1 for n in lengths[1:])
     assert len(lengths) - 1 <= len(out) - len("床前明月光")
@@ -80,20 +87,13 @@ def test_free_poems_leave_the_batch_as_they_end_and_keep_their_own_scores(traine
     from charlm.sample import sample_poems
 
     ck = checkpoint.load(trained)
-    batch = []
-    real_forward = ck.model.forward
-
-    def spy(x, state=None):
-        batch.append(x.shape[0])
-        return real_forward(x, state)
-
-    monkeypatch.setattr(ck.model, "forward", spy)
+    shapes = _shapes_of_forward_calls(ck.model, monkeypatch)
     out = sample_poems(ck.model, ck.vocab, "春", 12, settings=SampleSettings(temperature=1.5, max_chars=40, no_repeat=no_repeat),
                        generator=torch.Generator().manual_seed(4))
     monkeypatch.undo()
     lengths = {len(r.text) for r in out}
     assert len(lengths) > 3  # poems of several lengths, so rows ended at different steps
-    steps = batch[1:]
+    steps = [rows for rows, _ in shapes[1:]]
     assert steps == sorted(steps, reverse=True) and steps[0] <= 12 and steps[-1] < steps[0]
     for r in out:
         gen = ck.vocab.encode(r.text[1:])
