@@ -49,7 +49,7 @@ def make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, drop
 # One time step through torch's per-layer cell functions: the same equations as the modules above
 # (rnn_tanh_cell is h_t = tanh(W x_t + b + U h_{t-1} + b'), rnn_relu_cell the IRNN's ReLU), without
 # the set-up nn.LSTM/GRU/RNN pay on every call. Decoding calls the network once per character, so
-# that set-up was most of a step: 2.6 → 1.1 ms for the Tang model at one row (benchmarks/decode_speed.py).
+# that set-up was most of a step: 2.6 → 1.1 ms for the Tang model at one row on one thread.
 _CELLS = {nn.LSTM: torch.lstm_cell, nn.GRU: torch.gru_cell}
 
 
