@@ -158,9 +158,10 @@ class _Display:
             f"{info.precision}; batch {info.batch_size}{resumed}"), soft_wrap=True))
 
     def on_step(self, e) -> None:
+        unit = "bits/poem" if self.task == "classify" else "bpc"  # a classifier's loss is one label a poem
         self._show(lambda: self.progress.update(
             self.bar, completed=min(1000, int(e.progress * 1000)), description=f"step {e.step}",
-            stats=f"loss {e.loss:.2f} bpc {e.bpc:.2f} {e.chars_per_sec / 1000:.1f}k char/s lr {e.lr:.0e}",
+            stats=f"loss {e.loss:.2f} {unit} {e.bpc:.2f} {e.chars_per_sec / 1000:.1f}k char/s lr {e.lr:.0e}",
         ))
 
     def on_valid(self, e, model, vocab) -> None:

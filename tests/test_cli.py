@@ -154,3 +154,21 @@ def test_the_command_line_holds_the_collector_until_the_model_is_loaded(trained,
         cli.main()
     assert stop.value.code == 0
     assert calls == ["disable", "freeze", "enable"]
+
+
+@pytest.mark.parametrize("task, unit", [("lm", "bpc 2.00"), ("couplet", "bpc 2.00"), ("classify", "bits/poem 2.00")])
+def test_the_progress_line_names_what_its_bits_are_per(task, unit):
+    """A classifier's loss is one label per poem, so its progress line says bits/poem, not bpc."""
+    from charlm.train import StepEvent
+
+    class Bar:
+        def add_task(self, *a, **kw):
+            return 0
+
+        def update(self, bar, **kw):
+            self.stats = kw["stats"]
+
+    bar = Bar()
+    cli._Display(bar, 0, task).on_step(StepEvent(step=3, epoch=0, loss=1.386, bpc=2.0, lr=1e-3,
+                                                 chars_per_sec=5000.0, elapsed=1.0, progress=0.1))
+    assert unit in bar.stats and ("bpc" in bar.stats) == (task != "classify")
