@@ -665,14 +665,13 @@ def _show_candidates(composer, candidates) -> None:
 
 def _show_poem(composer) -> None:
     from charlm.compose import tone_marks
-    from charlm.poetry import end_mark
 
     c = composer.checks()
     err.print()
     if composer.title:
         err.print(_literal(composer.title, "bold"), soft_wrap=True)
     for i, line in enumerate(composer.lines):
-        err.print(Text.assemble("  ", _literal(line + end_mark(i)), "  ", (tone_marks(line, composer.table), "cyan")),
+        err.print(Text.assemble("  ", _literal(line + composer.marks[i]), "  ", (tone_marks(line, composer.table), "cyan")),
                   soft_wrap=True)
     yes = lambda v: "–" if v is None else ("✓" if v else "✗")  # noqa: E731
     bits = [f"form {yes(c.form_valid)} {c.form}", f"rhyme {yes(c.rhyme_valid)} {c.rhyme_group or ''}".rstrip(),
@@ -747,12 +746,14 @@ def _compose_session(composer, k: int, first_line: Optional[str], ask) -> str:
 
 @app.command()
 def compose(
-    form: Annotated[str, typer.Option(help="Poem form: 五绝, 七绝, 五律, 七律 (or wujue, qijue, wulv, qilv).")],
+    form: Annotated[str, typer.Option(help="Poem form: 五绝, 七绝, 五律, 七律 (or wujue, qijue, wulv, qilv), or a tune "
+                                           "such as 浣溪沙 (charlm generate --list-forms), written by the ci model.")],
     checkpoint: CheckpointOpt = None,
     title: Annotated[str, typer.Option(help="A title, shown and saved with the poem (the model does not read it).")] = "",
     acrostic: AcrosticOpt = None,
-    rhyme: Annotated[bool, typer.Option("--rhyme/--no-rhyme", help="Even lines end in one 平水韵 level-tone rhyme group.")] = True,
-    rhyme_group: Annotated[Optional[str], typer.Option(help="The rhyme group to use: 下平七阳, 七阳 or 阳.")] = None,
+    rhyme: Annotated[bool, typer.Option("--rhyme/--no-rhyme", help="The rhyme lines rhyme: in one 平水韵 level-tone group "
+                                        "(regulated verse), in 词林正韵 parts on the tune's tones (a tune).")] = True,
+    rhyme_group: Annotated[Optional[str], typer.Option(help="The rhyme group to use, regulated forms only: 下平七阳, 七阳 or 阳.")] = None,
     rhyme_first: RhymeFirstOpt = False,
     tones: Annotated[bool, typer.Option("--tones/--no-tones", help="Candidates follow, and your lines are checked against, the 平仄 pattern.")] = False,
     first_line: Annotated[Optional[str], typer.Option(help="The first line, checked as if you had typed it.")] = None,
@@ -780,7 +781,8 @@ def compose(
     try:
         if save is not None:
             check_save_target(save, overwrite)
-        ckpt = _load(checkpoint, device)
+        parsed = _form(form)
+        ckpt = _load(checkpoint, device, genre=parsed.genre)  # a tune: the shipped ci model by default
         composer = Composer(ckpt, ComposeSpec(form=form, title=title, acrostic=acrostic or "", rhyme=rhyme,
                                               rhyme_group=rhyme_group, rhyme_first=rhyme_first, tones=tones),
                             seed=seed)

@@ -11,8 +11,11 @@ A line of the user's own is checked against the form (length, Chinese characters
 acrostic, the rhyme and, with tones, the 平仄 pattern; the user may keep it anyway. Such a line
 no longer fits the decoder's constraints, so candidates after it are decoded under as many of
 the constraints as the poem so far still fits — the fewest dropped first, the form itself last —
-and ``relaxed`` names what was let go. Verse rules are charlm.poetry's: tones and rhyme groups
-from its 平水韵 table, patterns from ``poetry.patterns``, the verdict from ``check_poem``.
+and ``relaxed`` names what was let go. Verse rules are charlm.poetry's: tones from its 平水韵
+table, rhymes by the form's scheme (平水韵 groups for regulated verse, 词林正韵 parts for a tune,
+each line on its own rhyme tone and rhyme set), the patterns and marks charlm.constrain decodes
+with, the verdict from ``check_poem``. A form is a regulated one or a tune of the tune table
+(charlm.cipai.find_form), whose lines differ in length.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 import torch
 
 from charlm import poetry
+from charlm.cipai import find_form
 from charlm.config import COMPOSE_CANDIDATES, MAX_COMPOSE_CANDIDATES
 from charlm.constrain import PoemConstraint, PoemSpec
 from charlm.errors import CharLMError
@@ -50,8 +54,9 @@ def tone_marks(line: str, table: poetry.RhymeTable) -> str:
 
 @dataclass(frozen=True)
 class ComposeSpec:
-    """What the user asked for: ``form`` is a name ``poetry.parse_form`` accepts; ``rhyme_group``
-    a name ``RhymeTable.find_level_group`` accepts (it implies ``rhyme``)."""
+    """What the user asked for: ``form`` is a name ``cipai.find_form`` accepts (a regulated form or
+    a tune); ``rhyme_group`` a name ``RhymeTable.find_level_group`` accepts (it implies ``rhyme``;
+    regulated forms only, whose rhymes are 平水韵 groups)."""
 
     form: str
     title: str = ""
@@ -80,7 +85,7 @@ class Composer:
     def __init__(self, ckpt, spec: ComposeSpec, *, seed: int | None = None,
                  table: poetry.RhymeTable | None = None, settings: SampleSettings | None = None) -> None:
         self.model, self.vocab, self.path = ckpt.model, ckpt.vocab, getattr(ckpt, "path", None)
-        self.form = poetry.parse_form(spec.form)
+        self.form = find_form(spec.form)
         self.title = spec.title.strip()
         bad = [c for c in self.title if is_unprintable(c)]
         if bad:
@@ -89,20 +94,23 @@ class Composer:
             raise CharLMError("--rhyme-group needs the rhyme; drop --no-rhyme")
         if spec.rhyme_first and not spec.rhyme:
             raise CharLMError("--rhyme-first needs the rhyme; drop --no-rhyme")
+        if spec.rhyme_group and self.form.rhyme_scheme != "平水韵":
+            raise CharLMError(f"--rhyme-group names a 平水韵 group, for the regulated forms; a {self.form.name} "
+                              f"rhymes by the {self.form.rhyme_scheme}")
         table = table or poetry.RhymeTable.default()
         self.table = table.rhyming_only(spec.rhyme_group) if spec.rhyme_group else table
         self.rhyme_group = self.table.group if spec.rhyme_group else None
         self.acrostic = self.vocab.normalize(spec.acrostic).strip()
         self.spec = PoemSpec(form=self.form, acrostic=self.acrostic, rhyme=spec.rhyme,
                              rhyme_first=spec.rhyme_first, tones=spec.tones)
-        PoemConstraint(self.vocab, self.spec, self.table)  # refuses a bad acrostic or vocabulary now
-        allowed = [p for p in poetry.patterns(self.form) if (0 in p.rhyme_lines) == spec.rhyme_first]
-        self.patterns = allowed  # the patterns charlm.constrain decodes with under --tones
-        self.rhyme_lines = frozenset(allowed[0].rhyme_lines) if spec.rhyme else frozenset()
+        con = PoemConstraint(self.vocab, self.spec, self.table)  # refuses a bad acrostic or vocabulary now
+        self.patterns = con.choices  # the patterns charlm.constrain decodes with (rhyme lines, sets and tones)
+        self.marks = con.marks  # the form's line-ending marks as this model writes them
+        self.rhyme_lines = frozenset(self.patterns[0].rhyme_lines) if spec.rhyme else frozenset()
         self.seed = seed
         self.generator = torch.Generator()
         self.generator.manual_seed(seed if seed is not None else torch.seed())
-        self.settings = replace(settings or SampleSettings(), max_chars=2 * (self.form.chars + 1))
+        self.settings = replace(settings or SampleSettings(), max_chars=2 * (max(self.form.lengths) + 1))
         self._lines: list[str] = []
         self._kept_problems: list[tuple[str, ...]] = []
         self._shown: set[str] = set()
@@ -124,18 +132,19 @@ class Composer:
 
     @property
     def poem(self) -> str:
-        return poetry.format_poem(self._lines)
+        return "".join(line + self.marks[i] for i, line in enumerate(self._lines))
 
     def rules(self) -> list[str]:
         """What the current line must be, in short phrases: its length, the acrostic's character,
         the rhyme it must share."""
         i = self.line_index
-        rules = [f"{self.form.chars} characters"]
+        rules = [f"{self.form.lengths[i]} characters"]
         if self.acrostic:
             rules.append(f"starting with {self.acrostic[i]}")
         if i in self.rhyme_lines:
             _, ends = self._rhyme_needed()
-            rules.append("rhyming with " + "、".join(ends) if ends else f"rhyming in {self.rhyme_group or 'a 平 group'}")
+            anywhere = f"a {self._rhyme_tone(i)} part of the 词林正韵" if self._scheme != "平水韵" else "a 平 group"
+            rules.append("rhyming with " + "、".join(ends) if ends else f"rhyming in {self.rhyme_group or anywhere}")
         return rules
 
     def checks(self) -> poetry.PoemCheck:
@@ -217,7 +226,7 @@ class Composer:
             prefix = torch.tensor([[EOS_ID, *self.vocab.encode(self.poem)]], device=device)
             logits, state = self.model(prefix)
             first = torch.log_softmax(logits[0, -1].float().cpu(), -1)  # (V,)
-            mark = poetry.end_mark(self.line_index)
+            mark = self.marks[self.line_index]
             scores = []
             for line in lines:
                 ids = torch.tensor([self.vocab.encode(line + mark)])  # (1, T)
@@ -255,9 +264,10 @@ class Composer:
             raise CharLMError("the poem is complete; go back a line to change it")
         line, i, form = self.clean(text), self.line_index, self.form
         problems = []
-        if len(line) != form.chars:
-            problems.append(f"it has {len(line)} character{'s' if len(line) != 1 else ''} where a {form.name} line "
-                            f"has {form.chars}")
+        want = form.lengths[i]
+        if len(line) != want:
+            where = f"a {form.name} line" if form.chars else f"line {i + 1} of a {form.name}"
+            problems.append(f"it has {len(line)} character{'s' if len(line) != 1 else ''} where {where} has {want}")
         foreign = [c for c in line if not is_han(c)]
         if foreign:
             problems.append(f"it holds characters that are not Chinese: {' '.join(dict.fromkeys(foreign))}")
@@ -271,32 +281,47 @@ class Composer:
             problems.append(f"this model does not know {' '.join(unknown)}, so it reads it as unknown")
         return problems
 
+    @property
+    def _scheme(self) -> str:
+        return self.form.rhyme_scheme
+
+    def _rhyme_tone(self, j: int) -> str:
+        """The tone line ``j`` rhymes on: 平 for regulated verse, either for a tune."""
+        return self.patterns[0].rhyme_tones[j] or poetry.LEVEL
+
+    def _keys(self, ch: str, j: int) -> frozenset[str]:
+        """What ``ch`` rhymes as at the end of line ``j``: 平水韵 groups or 词林正韵 parts."""
+        return poetry.rhyme_keys(ch, self._rhyme_tone(j), self.table, self._scheme)
+
     def _rhyme_needed(self) -> tuple[frozenset[str] | None, list[str]]:
-        """The level-tone groups the current line's last character must share (None: any), and
-        the earlier rhyme characters."""
-        groups, ends = None, []
+        """The rhyme keys the current line's last character must share (None: any), and the
+        earlier rhyme characters of its rhyme set (a tune may change rhyme: 菩萨蛮 has four sets)."""
+        i = self.line_index
+        members = next((m for m in self.patterns[0].rhyme_sets if i in m), ())
+        keys, ends = None, []
         for j, line in enumerate(self._lines):
-            if j in self.rhyme_lines and line:
+            if j in members and j in self.rhyme_lines and line:
                 ends.append(line[-1])
-                have = self.table.level_groups(line[-1])
-                groups = have if groups is None else groups & have
-        return groups, ends
+                have = self._keys(line[-1], j)
+                keys = have if keys is None else keys & have
+        return keys, ends
 
     def rhymes(self, line: str) -> bool | None:
         """Whether ``line`` rhymes as the current line; None where it need not rhyme."""
         if self.line_index not in self.rhyme_lines or not line:
             return None
-        groups, _ = self._rhyme_needed()
-        have = self.table.level_groups(line[-1])
-        return bool(have if groups is None else have & groups)
+        keys, _ = self._rhyme_needed()
+        have = self._keys(line[-1], self.line_index)
+        return bool(have if keys is None else have & keys)
 
     def _rhyme_problem(self, line: str) -> str:
-        groups, ends = self._rhyme_needed()
+        _, ends = self._rhyme_needed()
         if ends:
             return f"it ends in {line[-1]}, which does not rhyme with {'、'.join(ends)}"
         if self.rhyme_group:
             return f"it ends in {line[-1]}, which is not in the rhyme group {self.rhyme_group}"
-        return f"it ends in {line[-1]}, which has no level-tone (平) rhyme in the 平水韵"
+        tone = {poetry.LEVEL: "level-tone (平)", poetry.OBLIQUE: "oblique-tone (仄)"}[self._rhyme_tone(self.line_index)]
+        return f"it ends in {line[-1]}, which has no {tone} rhyme in the {self._scheme}"
 
     def _fits(self, pattern: poetry.Pattern, j: int, line: str) -> list[tuple[int, str, str]]:
         """(position, character, wanted tone) where ``line`` as line ``j`` breaks ``pattern``."""
@@ -308,10 +333,10 @@ class Composer:
         return misses
 
     def _tone_problems(self, line: str) -> list[str]:
-        i, chars = self.line_index, self.form.chars
-        if not self.spec.tones or len(line) != chars:
+        i, lengths = self.line_index, self.form.lengths
+        if not self.spec.tones or len(line) != lengths[i]:
             return []
-        earlier = [(j, l) for j, l in enumerate(self._lines) if len(l) == chars]
+        earlier = [(j, l) for j, l in enumerate(self._lines) if len(l) == lengths[j]]
         fitting = [p for p in self.patterns if not any(self._fits(p, j, l) for j, l in earlier)] or self.patterns
         misses, pattern = min(((self._fits(p, i, line), p) for p in fitting), key=lambda mp: len(mp[0]))
         if not misses:
