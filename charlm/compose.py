@@ -286,7 +286,7 @@ class Composer:
         return self.form.rhyme_scheme
 
     def _rhyme_tone(self, j: int) -> str:
-        """The tone line ``j`` rhymes on: 平 for regulated verse, either for a tune."""
+        """The tone line ``j`` rhymes on: 平 in regulated verse; in a tune, the one the tune rhymes on there."""
         return self.patterns[0].rhyme_tones[j] or poetry.LEVEL
 
     def _keys(self, ch: str, j: int) -> frozenset[str]:
