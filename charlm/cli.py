@@ -339,7 +339,7 @@ def train(
                                      else display, resume=resume, overwrite=overwrite,
                                      changed=_given_options(ctx) if resume else None)
             else:
-                    result = train_corpus(Source(corpus, encoding), config, out_dir, corpus_path=str(corpus),
+                result = train_corpus(Source(corpus, encoding), config, out_dir, corpus_path=str(corpus),
                                       callbacks=MultiCallbacks(display, board) if board else display, resume=resume,
                                       overwrite=overwrite, changed=_given_options(ctx) if resume else None)
         finally:
@@ -354,7 +354,7 @@ def train(
               + "; the last complete checkpoint and resume state are kept")
         return
     if os.environ.get("RANK", "0") != "0":  # under torchrun, process 0 alone reports
-        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143 if result.interrupted else 0)
+        raise typer.Exit(_exit_code(result.interrupted))
     table = Table(title="training summary", show_header=False)
     table.add_row("checkpoint", _literal(result.out))
     table.add_row("steps", f"{result.steps:,} ({result.epochs_done:.2f} epochs)")
@@ -367,10 +367,7 @@ def train(
     if result.skipped:
         table.add_row("updates skipped (not finite)", f"{result.skipped:,}")
     _report(table)
-    if result.interrupted:
-        hint = f"charlm train {shlex.quote(str(corpus))} --out {shlex.quote(str(result.out))} --resume"
-        _report(Text.assemble(f"stopped by {result.interrupted}; continue with: ", _literal(hint)))
-        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
+    _stopped(result, corpus, task)
 
 
 def _classify_summary(result, corpus: Path) -> None:
@@ -386,10 +383,23 @@ def _classify_summary(result, corpus: Path) -> None:
     if result.skipped:
         table.add_row("updates skipped (not finite)", f"{result.skipped:,}")
     _report(table)
-    if result.interrupted:
-        hint = f"charlm train --task classify {shlex.quote(str(corpus))} --out {shlex.quote(str(result.out))} --resume"
-        _report(Text.assemble(f"stopped by {result.interrupted}; continue with: ", _literal(hint)))
-        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
+    _stopped(result, corpus, "classify")
+
+
+def _exit_code(interrupted: str | None) -> int:
+    """A run stopped by SIGINT exits 130, by SIGTERM or SIGHUP 143 (as a shell reports them), else 0."""
+    return 130 if interrupted == "SIGINT" else 143 if interrupted else 0
+
+
+def _stopped(result, corpus: Path, task: str) -> None:
+    """For an interrupted run: the command that continues it, shell-quoted so it works as printed
+    (with its --task, without which a classifier or couplet run is refused), and the signal's exit."""
+    if not result.interrupted:
+        return
+    task_flag = f" --task {task}" if task != TASKS[0] else ""
+    hint = f"charlm train{task_flag} {shlex.quote(str(corpus))} --out {shlex.quote(str(result.out))} --resume"
+    _report(Text.assemble(f"stopped by {result.interrupted}; continue with: ", _literal(hint)))
+    raise typer.Exit(_exit_code(result.interrupted))
 
 
 def _report(renderable) -> None:

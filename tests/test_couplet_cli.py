@@ -160,3 +160,31 @@ def test_a_tampered_couplet_checkpoint_is_one_sentence(couplet_run, tmp_path, ta
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(bad / "model.safetensors"))
     for command in (["generate", "--couplet", "月雪木石竹"], ["eval"]):
         _one_sentence(run(*command, "--checkpoint", bad), *words)
+
+
+def test_an_interrupted_couplet_run_prints_a_hint_that_resumes_it_as_printed(tmp_path, monkeypatch):
+    """The hint carries --task couplet: without it the resume is refused (see above)."""
+    import os
+    import shlex
+    import signal
+
+    from charlm import cli
+
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text(mapping_pairs(), encoding="utf-8")
+    real_on_step = cli._Display.on_step
+
+    def stop_at_step_20(self, e):
+        real_on_step(self, e)
+        if e.step == 20:
+            os.kill(os.getpid(), signal.SIGTERM)  # caught by the trainer, which saves and stops
+
+    monkeypatch.setattr(cli._Display, "on_step", stop_at_step_20)
+    r = run("train", pairs, "--out", tmp_path / "run", "--max-steps", 40, "--eval-interval", 20, *TINY)
+    monkeypatch.undo()
+    assert r.exit_code == 143, r.stderr
+    hint = r.stderr.split("continue with: ")[1].strip()
+    assert hint == f"charlm train --task couplet {shlex.quote(str(pairs))} --out {shlex.quote(str(tmp_path / 'run'))} --resume"
+    resumed = run(*shlex.split(hint)[1:])
+    assert resumed.exit_code == 0, resumed.stderr
+    assert checkpoint.read_resume(tmp_path / "run")["step"] == 40
